@@ -1,0 +1,1 @@
+//! yard: the eventyard command-line tool.

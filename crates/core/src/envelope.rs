@@ -1,0 +1,374 @@
+//! The canonical event envelope (SPEC §1): JSON, camelCase, one shape for events and commands.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::error::EnvelopeError;
+use crate::event::Event;
+use crate::event_type::{EventType, MessageKind};
+use crate::ids::{CorrelationId, EventId, ModuleId, ProjectId, TenantId, TraceId};
+use crate::properties::{Properties, names};
+
+/// Header naming the message kind (`event` / `command`); absent means `event`.
+pub const KIND_HEADER: &str = "messageKind";
+
+/// The canonical envelope. Build one with [`Envelope::new`], [`Envelope::for_event`] or
+/// [`Envelope::child`]; read one with [`Envelope::from_json`], which validates every field.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// Unique per event instance (`evt-<uuidv7>`).
+    pub event_id: EventId,
+    /// NounVerbPastTense (events) or VerbNoun (commands); the catalog key.
+    pub event_type: EventType,
+    /// Isolation key, enforced everywhere.
+    pub tenant_id: TenantId,
+    /// Present when the event is project-scoped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<ProjectId>,
+    /// Present when one module is concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_id: Option<ModuleId>,
+    /// One id for a whole lifecycle.
+    pub trace_id: TraceId,
+    /// One workflow; sagas key on it.
+    pub correlation_id: CorrelationId,
+    /// The event that directly caused this one; `null` for a root event.
+    pub causation_id: Option<EventId>,
+    /// When the fact happened (RFC 3339, UTC).
+    #[serde(serialize_with = "ser_time")]
+    pub occurred_at: DateTime<Utc>,
+    /// Extension: payload schema version (mirrors `cs-schema-version`), default 1.
+    pub schema_version: u32,
+    /// Extension: free headers; `messageKind` = `command` marks a command.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The event's data; shape given by the catalog. Always a JSON object.
+    pub payload: Value,
+}
+
+fn ser_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+/// Wire form with every field optional, so that validation can name what is missing.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEnvelope {
+    event_id: Option<String>,
+    event_type: Option<String>,
+    tenant_id: Option<String>,
+    project_id: Option<String>,
+    module_id: Option<String>,
+    trace_id: Option<String>,
+    correlation_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    causation_id: Option<Value>,
+    occurred_at: Option<String>,
+    schema_version: Option<Value>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Value>,
+}
+
+/// Distinguishes "absent" (None) from "present and null" (Some(Null)).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Parses an RFC 3339 timestamp that must be in UTC (`Z` or `+00:00`).
+pub fn parse_utc(value: &str) -> Result<DateTime<Utc>, EnvelopeError> {
+    let t = DateTime::parse_from_rfc3339(value).map_err(|e| EnvelopeError::InvalidTime {
+        value: value.to_owned(),
+        reason: format!("not RFC 3339 ({e})"),
+    })?;
+    if t.offset().local_minus_utc() != 0 {
+        return Err(EnvelopeError::InvalidTime {
+            value: value.to_owned(),
+            reason: "must be UTC (`Z` or `+00:00`)".into(),
+        });
+    }
+    Ok(t.with_timezone(&Utc))
+}
+
+impl Envelope {
+    /// A root envelope: fresh eventId, traceId and correlationId, no causation, `occurredAt` now.
+    /// `payload` must be a JSON object (checked by [`Envelope::validate`]).
+    pub fn new(event_type: EventType, tenant_id: TenantId, payload: Value) -> Self {
+        Envelope {
+            event_id: EventId::generate(),
+            event_type,
+            tenant_id,
+            project_id: None,
+            module_id: None,
+            trace_id: TraceId::generate(),
+            correlation_id: CorrelationId::generate(),
+            causation_id: None,
+            occurred_at: Utc::now(),
+            schema_version: 1,
+            headers: BTreeMap::new(),
+            payload,
+        }
+    }
+
+    /// A root envelope carrying a typed event.
+    pub fn for_event<E: Event>(event: &E, tenant_id: TenantId) -> Result<Self, EnvelopeError> {
+        let mut env = Envelope::new(E::event_type()?, tenant_id, encode_payload(event)?);
+        env.schema_version = E::SCHEMA_VERSION;
+        if E::KIND == MessageKind::Command {
+            env.headers.insert(KIND_HEADER.into(), "command".into());
+        }
+        Ok(env)
+    }
+
+    /// An envelope caused by this one: inherits tenantId, traceId, correlationId, projectId and
+    /// moduleId; causationId = this eventId; fresh eventId; `occurredAt` now.
+    pub fn child(&self, event_type: EventType, payload: Value) -> Self {
+        let mut env = Envelope::new(event_type, self.tenant_id.clone(), payload);
+        env.inherit_from(self);
+        env
+    }
+
+    /// Applies the propagation rule from `cause` to this envelope (SPEC §1): tenantId, traceId,
+    /// correlationId (and projectId/moduleId when this envelope has none) are inherited and
+    /// causationId is set to `cause.eventId`.
+    pub fn inherit_from(&mut self, cause: &Envelope) {
+        self.tenant_id = cause.tenant_id.clone();
+        self.trace_id = cause.trace_id.clone();
+        self.correlation_id = cause.correlation_id.clone();
+        self.causation_id = Some(cause.event_id.clone());
+        if self.project_id.is_none() {
+            self.project_id = cause.project_id.clone();
+        }
+        if self.module_id.is_none() {
+            self.module_id = cause.module_id.clone();
+        }
+    }
+
+    /// Sets the project id.
+    pub fn with_project(mut self, id: ProjectId) -> Self {
+        self.project_id = Some(id);
+        self
+    }
+
+    /// Sets the module id.
+    pub fn with_module(mut self, id: ModuleId) -> Self {
+        self.module_id = Some(id);
+        self
+    }
+
+    /// Sets the trace id.
+    pub fn with_trace(mut self, id: TraceId) -> Self {
+        self.trace_id = id;
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation(mut self, id: CorrelationId) -> Self {
+        self.correlation_id = id;
+        self
+    }
+
+    /// Sets one header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Event or command, from the `messageKind` header.
+    pub fn kind(&self) -> MessageKind {
+        match self.headers.get(KIND_HEADER).map(String::as_str) {
+            Some("command") => MessageKind::Command,
+            _ => MessageKind::Event,
+        }
+    }
+
+    /// Checks the invariants the types cannot: type-name rule for the kind, payload is an
+    /// object, schemaVersion >= 1.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        EventType::parse(self.event_type.as_str(), self.kind())?;
+        if !self.payload.is_object() {
+            return Err(EnvelopeError::PayloadNotObject {
+                found: json_kind(&self.payload),
+            });
+        }
+        if self.schema_version == 0 {
+            return Err(EnvelopeError::InvalidSchemaVersion { found: "0".into() });
+        }
+        Ok(())
+    }
+
+    /// Serializes to canonical JSON bytes (validate first if the envelope was hand-built).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing this struct cannot fail: every field is a string, number or JSON value.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and validates an envelope; the error names the first field at fault.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(EnvelopeError::InvalidUtf8 {
+                offset: e.valid_up_to(),
+            });
+        }
+        let raw: RawEnvelope = match serde_json::from_slice(bytes) {
+            Ok(raw) => raw,
+            Err(_) => {
+                // Slow path, only on failure: re-parse to learn the path of the bad field.
+                let de = &mut serde_json::Deserializer::from_slice(bytes);
+                let err = serde_path_to_error::deserialize::<_, RawEnvelope>(de)
+                    .err()
+                    .map(|e| {
+                        let path = e.path().to_string();
+                        if path == "." || path.is_empty() {
+                            e.into_inner().to_string()
+                        } else {
+                            format!("field `{path}`: {}", e.into_inner())
+                        }
+                    })
+                    .unwrap_or_else(|| "unparseable".into());
+                return Err(EnvelopeError::Json { message: err });
+            }
+        };
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawEnvelope) -> Result<Self, EnvelopeError> {
+        fn req(v: Option<String>, field: &'static str) -> Result<String, EnvelopeError> {
+            v.ok_or(EnvelopeError::MissingField { field })
+        }
+        let event_id = EventId::parse(req(raw.event_id, "eventId")?)?;
+        let event_type_text = req(raw.event_type, "eventType")?;
+        let tenant_id = TenantId::parse(req(raw.tenant_id, "tenantId")?)?;
+        let project_id = raw.project_id.map(ProjectId::parse).transpose()?;
+        let module_id = raw.module_id.map(ModuleId::parse).transpose()?;
+        let trace_id = TraceId::parse(req(raw.trace_id, "traceId")?)?;
+        let correlation_id = CorrelationId::parse(req(raw.correlation_id, "correlationId")?)?;
+        let causation_id = match raw.causation_id {
+            None => {
+                return Err(EnvelopeError::MissingField {
+                    field: "causationId",
+                });
+            }
+            Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(EventId::parse(s).map_err(|mut e| {
+                e.kind = "causationId";
+                e
+            })?),
+            Some(other) => {
+                return Err(EnvelopeError::Json {
+                    message: format!(
+                        "field `causationId`: expected an eventId string or null, found {}",
+                        json_kind(&other)
+                    ),
+                });
+            }
+        };
+        let occurred_at = parse_utc(&req(raw.occurred_at, "occurredAt")?)?;
+        let schema_version = match raw.schema_version {
+            None => 1,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if v >= 1 && v <= u64::from(u32::MAX) => v as u32,
+                _ => {
+                    return Err(EnvelopeError::InvalidSchemaVersion {
+                        found: n.to_string(),
+                    });
+                }
+            },
+            Some(other) => {
+                return Err(EnvelopeError::InvalidSchemaVersion {
+                    found: other.to_string(),
+                });
+            }
+        };
+        let payload = raw
+            .payload
+            .ok_or(EnvelopeError::MissingField { field: "payload" })?;
+        let mut env = Envelope {
+            event_id,
+            event_type: EventType::event("PlaceholderValidated")?,
+            tenant_id,
+            project_id,
+            module_id,
+            trace_id,
+            correlation_id,
+            causation_id,
+            occurred_at,
+            schema_version,
+            headers: raw.headers,
+            payload,
+        };
+        env.event_type = EventType::parse(event_type_text, env.kind())?;
+        env.validate()?;
+        Ok(env)
+    }
+
+    /// Decodes the payload as the typed event `E`, checking the event type first.
+    pub fn decode<E: Event>(&self) -> Result<E, EnvelopeError> {
+        if self.event_type.as_str() != E::EVENT_TYPE {
+            return Err(EnvelopeError::TypeMismatch {
+                expected: E::EVENT_TYPE.to_owned(),
+                found: self.event_type.as_str().to_owned(),
+            });
+        }
+        E::deserialize(&self.payload).map_err(|e| EnvelopeError::Payload {
+            event_type: E::EVENT_TYPE.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The broker application properties of this envelope (`cs-*`, headers as `cs-h-<name>`).
+    pub fn properties(&self) -> Properties {
+        let mut p = Properties::new();
+        p.insert(names::EVENT_ID, self.event_id.as_str());
+        p.insert(names::EVENT_TYPE, self.event_type.as_str());
+        p.insert(names::TENANT_ID, self.tenant_id.as_str());
+        p.insert(names::SCHEMA_VERSION, self.schema_version);
+        p.insert(names::TRACE_ID, self.trace_id.as_str());
+        p.insert(names::CORRELATION_ID, self.correlation_id.as_str());
+        if let Some(c) = &self.causation_id {
+            p.insert(names::CAUSATION_ID, c.as_str());
+        }
+        if let Some(v) = &self.project_id {
+            p.insert(names::PROJECT_ID, v.as_str());
+        }
+        if let Some(v) = &self.module_id {
+            p.insert(names::MODULE_ID, v.as_str());
+        }
+        p.insert(names::MESSAGE_KIND, self.kind().as_str());
+        for (k, v) in &self.headers {
+            if k != KIND_HEADER {
+                p.insert(format!("{}{k}", names::HEADER_PREFIX), v.as_str());
+            }
+        }
+        p
+    }
+}
+
+/// Serializes a typed event's payload, insisting on a JSON object.
+pub(crate) fn encode_payload<E: Serialize>(event: &E) -> Result<Value, EnvelopeError> {
+    let v = serde_json::to_value(event).map_err(|e| EnvelopeError::Json {
+        message: format!("payload: {e}"),
+    })?;
+    if !v.is_object() {
+        return Err(EnvelopeError::PayloadNotObject {
+            found: json_kind(&v),
+        });
+    }
+    Ok(v)
+}

@@ -1,0 +1,164 @@
+//! Broker application properties (`cs-*`) carried beside every message.
+//!
+//! Subscription filters are evaluated over these properties only — never over the payload — so a
+//! transport can apply them natively (header bindings, subject filters, Service Bus rules) or in
+//! the client with the same results.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Reserved property names. Every transport carries these on every message.
+pub mod names {
+    /// The envelope's `eventType` (seed).
+    pub const EVENT_TYPE: &str = "cs-event-type";
+    /// The envelope's `tenantId` (seed).
+    pub const TENANT_ID: &str = "cs-tenant-id";
+    /// The envelope's `schemaVersion`, an integer (seed).
+    pub const SCHEMA_VERSION: &str = "cs-schema-version";
+    /// The envelope's `traceId` (seed).
+    pub const TRACE_ID: &str = "cs-trace-id";
+    /// The envelope's `correlationId` (eventyard extension).
+    pub const CORRELATION_ID: &str = "cs-correlation-id";
+    /// The envelope's `causationId`; absent for a root event (eventyard extension).
+    pub const CAUSATION_ID: &str = "cs-causation-id";
+    /// The envelope's `eventId` (eventyard extension).
+    pub const EVENT_ID: &str = "cs-event-id";
+    /// The envelope's `projectId`, when present (eventyard extension).
+    pub const PROJECT_ID: &str = "cs-project-id";
+    /// The envelope's `moduleId`, when present (eventyard extension).
+    pub const MODULE_ID: &str = "cs-module-id";
+    /// `event` or `command` (eventyard extension).
+    pub const MESSAGE_KIND: &str = "cs-message-kind";
+    /// Set on a message re-driven from a dead-letter queue or archive (eventyard extension).
+    pub const REPLAYED: &str = "cs-replayed";
+    /// Dead-letter reason, set by the transport on dead-lettered messages.
+    pub const DEAD_LETTER_REASON: &str = "cs-dead-letter-reason";
+    /// Dead-letter description (the error message chain), set on dead-lettered messages.
+    pub const DEAD_LETTER_DESCRIPTION: &str = "cs-dead-letter-description";
+    /// Subscription a dead-lettered message came from.
+    pub const DEAD_LETTER_SOURCE: &str = "cs-dead-letter-source";
+    /// Envelope header properties are carried with this prefix (`cs-h-<name>`).
+    pub const HEADER_PREFIX: &str = "cs-h-";
+}
+
+/// A property value: the scalar types Service Bus filters compare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit signed integer.
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// A string.
+    String(String),
+}
+
+impl fmt::Display for PropertyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropertyValue::Bool(b) => write!(f, "{b}"),
+            PropertyValue::Int(i) => write!(f, "{i}"),
+            PropertyValue::Float(x) => write!(f, "{x}"),
+            PropertyValue::String(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&str> for PropertyValue {
+    fn from(v: &str) -> Self {
+        PropertyValue::String(v.to_owned())
+    }
+}
+impl From<String> for PropertyValue {
+    fn from(v: String) -> Self {
+        PropertyValue::String(v)
+    }
+}
+impl From<i64> for PropertyValue {
+    fn from(v: i64) -> Self {
+        PropertyValue::Int(v)
+    }
+}
+impl From<u32> for PropertyValue {
+    fn from(v: u32) -> Self {
+        PropertyValue::Int(i64::from(v))
+    }
+}
+impl From<bool> for PropertyValue {
+    fn from(v: bool) -> Self {
+        PropertyValue::Bool(v)
+    }
+}
+impl From<f64> for PropertyValue {
+    fn from(v: f64) -> Self {
+        PropertyValue::Float(v)
+    }
+}
+
+/// An ordered map of application properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(BTreeMap<String, PropertyValue>);
+
+impl Properties {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Looks a property up by exact name.
+    pub fn get(&self, name: &str) -> Option<&PropertyValue> {
+        self.0.get(name)
+    }
+
+    /// Looks a string property up; `None` if absent or not a string.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        match self.0.get(name) {
+            Some(PropertyValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Sets a property, returning the previous value.
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<PropertyValue>,
+    ) -> Option<PropertyValue> {
+        self.0.insert(name.into(), value.into())
+    }
+
+    /// Removes a property.
+    pub fn remove(&mut self, name: &str) -> Option<PropertyValue> {
+        self.0.remove(name)
+    }
+
+    /// Iterates in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &PropertyValue)> {
+        self.0.iter()
+    }
+
+    /// Number of properties.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no properties.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<PropertyValue>> FromIterator<(K, V)> for Properties {
+    fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
+        Properties(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}

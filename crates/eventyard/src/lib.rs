@@ -1,0 +1,1 @@
+//! eventyard: event backbone for Rust services (facade).

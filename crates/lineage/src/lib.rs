@@ -1,0 +1,1 @@
+//! eventyard lineage: causal graph of a run from its envelopes, and renderers.

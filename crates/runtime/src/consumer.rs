@@ -1,0 +1,282 @@
+//! The consumer loop: receive, run handlers concurrently, classify, settle.
+//!
+//! Per delivery: parse and validate the envelope (a malformed message is dead-lettered with the
+//! reason and never blocks the messages behind it) → run the handler with the envelope as the
+//! task's current envelope (propagation), catching panics → classify the result with the retry
+//! policy → ack, schedule a redelivery (abandon with delay: the loop keeps consuming), or
+//! dead-letter with the failure context.
+//!
+//! Shutdown: the loop stops receiving, waits up to the grace period for running handlers, then
+//! cancels the rest; a cancelled handler's delivery is released (redelivered), never lost.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use eventyard_core::{DeadLetterInfo, Delivery, Envelope, Receiver, Settlement, TransportError};
+use futures::FutureExt;
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::bus::Bus;
+use crate::context::{MessageContext, with_current};
+use crate::handler::SharedHandler;
+use crate::outcome::{ErrorKind, HandlerError, Outcome};
+use crate::retry::RetryPolicy;
+
+/// Settings of one consumer. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Handlers running at once (and messages locked at once). Default 32.
+    pub concurrency: usize,
+    /// Retry policy. Default: [`RetryPolicy::default`] (5 attempts, 2 s → 2 min).
+    pub retry: RetryPolicy,
+    /// On shutdown, how long running handlers may take before being cancelled. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Longest single wait for messages (the loop re-checks shutdown between waits). Default 1 s.
+    pub receive_wait: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            concurrency: 32,
+            retry: RetryPolicy::default(),
+            shutdown_grace: Duration::from_secs(10),
+            receive_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters of one consumer.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Deliveries acknowledged.
+    pub acked: AtomicU64,
+    /// Deliveries scheduled for redelivery.
+    pub retried: AtomicU64,
+    /// Deliveries dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Settlements that failed (e.g. lock lost).
+    pub settle_errors: AtomicU64,
+}
+
+/// A snapshot of [`ConsumerStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ConsumerCounts {
+    /// Deliveries acknowledged.
+    pub acked: u64,
+    /// Deliveries scheduled for redelivery.
+    pub retried: u64,
+    /// Deliveries dead-lettered.
+    pub dead_lettered: u64,
+    /// Settlements that failed.
+    pub settle_errors: u64,
+}
+
+impl ConsumerStats {
+    /// Current values.
+    pub fn snapshot(&self) -> ConsumerCounts {
+        ConsumerCounts {
+            acked: self.acked.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            settle_errors: self.settle_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Everything one consumer loop needs.
+pub(crate) struct ConsumerSpec {
+    pub(crate) bus: Bus,
+    pub(crate) topic: String,
+    pub(crate) subscription: Arc<str>,
+    pub(crate) handler: SharedHandler,
+    pub(crate) options: ConsumerOptions,
+    pub(crate) stats: Arc<ConsumerStats>,
+}
+
+pub(crate) async fn run(
+    spec: ConsumerSpec,
+    mut receiver: Box<dyn Receiver>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let spec = Arc::new(spec);
+    let permits = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut failures: u32 = 0;
+    'outer: while !*stop.borrow() {
+        // Claim only what can start now, so no message waits locked behind a full pipeline.
+        let first = tokio::select! {
+            _ = stop.changed() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let max = permits.available_permits() + 1;
+        let batch = tokio::select! {
+            _ = stop.changed() => break,
+            b = receiver.receive(max, spec.options.receive_wait) => b,
+        };
+        let batch = match batch {
+            Ok(b) => {
+                failures = 0;
+                b
+            }
+            Err(TransportError::Closed) => break,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis(50u64 << failures.min(6));
+                tracing::warn!(subscription = %spec.subscription, error = %e, ?backoff, "receive failed; retrying");
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(backoff) => continue,
+                }
+            }
+        };
+        let mut first = Some(first);
+        for delivery in batch {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Cannot happen (we claimed no more than the free permits); release.
+                        let _ = delivery.abandon(Duration::ZERO).await;
+                        continue;
+                    }
+                },
+            };
+            if *stop.borrow() {
+                let _ = delivery.abandon(Duration::ZERO).await;
+                continue 'outer;
+            }
+            let spec = spec.clone();
+            tasks.spawn(async move {
+                process(&spec, delivery).await;
+                drop(permit);
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    let grace = spec.options.shutdown_grace;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(subscription = %spec.subscription, "handlers still running after the grace period were cancelled; their messages are released");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn process(spec: &ConsumerSpec, delivery: Delivery) {
+    let attempt = delivery.delivery_count;
+    let (outcome, kind) = match delivery.message.envelope() {
+        Err(e) => (
+            Outcome::DeadLetter {
+                reason: format!("MalformedEnvelope.{}", e.kind()),
+                description: e.to_string(),
+            },
+            Some(ErrorKind::Validation),
+        ),
+        Ok(envelope) => {
+            let (outcome, kind) = run_handler(spec, envelope, attempt).await;
+            (outcome, kind)
+        }
+    };
+    let settlement = match &outcome {
+        Outcome::Ack => Settlement::Ack,
+        Outcome::Retry { after } => Settlement::Abandon { after: *after },
+        Outcome::DeadLetter {
+            reason,
+            description,
+        } => Settlement::DeadLetter(DeadLetterInfo {
+            reason: reason.clone(),
+            description: description.clone(),
+            context: serde_json::json!({
+                "errorKind": kind.map(ErrorKind::as_str),
+                "subscription": &*spec.subscription,
+                "topic": spec.topic,
+                "attempts": attempt,
+                "lastFailureAt": chrono::Utc::now().to_rfc3339(),
+                "host": host(),
+                "pid": std::process::id(),
+            }),
+        }),
+    };
+    let counter = match &outcome {
+        Outcome::Ack => &spec.stats.acked,
+        Outcome::Retry { .. } => &spec.stats.retried,
+        Outcome::DeadLetter { .. } => &spec.stats.dead_lettered,
+    };
+    match delivery.settle(settlement).await {
+        Ok(()) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            spec.stats.settle_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subscription = %spec.subscription, error = %e, "settlement failed; the message will be redelivered");
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+async fn run_handler(
+    spec: &ConsumerSpec,
+    envelope: Envelope,
+    attempt: u32,
+) -> (Outcome, Option<ErrorKind>) {
+    let envelope = Arc::new(envelope);
+    let ctx = MessageContext::new(
+        envelope.clone(),
+        attempt,
+        spec.subscription.clone(),
+        spec.bus.clone(),
+    );
+    let handler = spec.handler.clone();
+    let env = (*envelope).clone();
+    // The call itself may panic before returning a future; catch both.
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(env, ctx))) {
+        Ok(f) => f,
+        Err(p) => return panicked(&*p),
+    };
+    match with_current(envelope, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(())) => (Outcome::Ack, None),
+        Ok(Err(e)) => (classify(spec, &e, attempt), Some(e.kind())),
+        Err(p) => panicked(&*p),
+    }
+}
+
+fn panicked(p: &(dyn std::any::Any + Send)) -> (Outcome, Option<ErrorKind>) {
+    (
+        Outcome::DeadLetter {
+            reason: "HandlerPanicked".into(),
+            description: format!("handler panicked: {}", panic_message(p)),
+        },
+        Some(ErrorKind::Panic),
+    )
+}
+
+fn classify(spec: &ConsumerSpec, e: &HandlerError, attempt: u32) -> Outcome {
+    spec.options.retry.classify(e, attempt)
+}

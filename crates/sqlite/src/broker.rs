@@ -1,0 +1,312 @@
+//! [`SqliteBroker`]: the embedded broker, a [`Transport`] on one SQLite file.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use eventyard_core::{
+    Capabilities, Delivery, Message, OutgoingMessage, Receiver, Settle, Settlement, SubQueue,
+    SubscriptionSpec, Transport, TransportError,
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::SqliteConfig;
+use crate::ops::{Claimed, Cmd, SubscriptionStats, now_us};
+use crate::schema;
+use crate::writer::{self, MAX_IDLE_SLEEP, Shared};
+
+struct Inner {
+    tx: mpsc::Sender<Cmd>,
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    cfg: SqliteConfig,
+}
+
+/// The embedded broker: topics, subscriptions, peek-lock delivery and dead-letter sub-queues in
+/// one SQLite file (WAL). Several brokers — in this process or in others — can open the same
+/// file at once: writes are serialized by SQLite's lock, and receivers are woken by commits of
+/// this process at once and by commits of other processes within `cross_process_poll`.
+///
+/// Cheap to clone; the connection lives on a dedicated writer thread (see the `writer` module).
+#[derive(Clone)]
+pub struct SqliteBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBroker")
+            .field("path", &self.inner.cfg.path)
+            .finish()
+    }
+}
+
+impl SqliteBroker {
+    /// Opens (creating if absent) the data file and starts the writer thread.
+    pub fn open(cfg: SqliteConfig) -> Result<Self, TransportError> {
+        let conn = schema::open(&cfg)?;
+        let (tx, rx) = mpsc::channel();
+        let (wake, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            wake,
+            waiters: AtomicUsize::new(0),
+        });
+        let thread_cfg = cfg.clone();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("eventyard-sqlite".into())
+            .spawn(move || writer::run(thread_cfg, conn, rx, thread_shared))
+            .map_err(|e| TransportError::Backend {
+                backend: "sqlite",
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(SqliteBroker {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                closed: AtomicBool::new(false),
+                thread: Mutex::new(Some(thread)),
+                cfg,
+            }),
+        })
+    }
+
+    /// Opens `sqlite://PATH[?synchronous=…]`.
+    pub fn open_url(url: &str) -> Result<Self, TransportError> {
+        Self::open(SqliteConfig::from_url(url)?)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.inner.cfg
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Cmd>, TransportError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(TransportError::Closed)
+        } else {
+            Ok(&self.inner.tx)
+        }
+    }
+
+    /// Message counts of every subscription (available, pending, dead-lettered).
+    pub async fn stats(&self) -> Result<Vec<SubscriptionStats>, TransportError> {
+        writer::call(self.sender()?, |reply| Cmd::Stats { reply }).await
+    }
+}
+
+#[async_trait]
+impl Transport for SqliteBroker {
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::new("sqlite");
+        c.persistent = true;
+        c.atomic_batch = true;
+        c.release_on_drop = true;
+        c.max_message_size = self.inner.cfg.max_message_size;
+        c
+    }
+
+    async fn ensure_subscription(&self, spec: &SubscriptionSpec) -> Result<(), TransportError> {
+        spec.validate()?;
+        let spec = Box::new(spec.clone());
+        writer::call(self.sender()?, |reply| Cmd::Ensure { spec, reply }).await
+    }
+
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), TransportError> {
+        let (topic, name) = (topic.to_owned(), name.to_owned());
+        writer::call(self.sender()?, |reply| Cmd::Delete { topic, name, reply }).await
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<(), TransportError> {
+        eventyard_core::transport::check_name("topic", topic)?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let topic = topic.to_owned();
+        writer::call(self.sender()?, |reply| Cmd::Publish {
+            topic,
+            messages,
+            reply,
+        })
+        .await
+    }
+
+    async fn receiver(
+        &self,
+        topic: &str,
+        subscription: &str,
+        queue: SubQueue,
+    ) -> Result<Box<dyn Receiver>, TransportError> {
+        eventyard_core::transport::check_name("topic", topic)?;
+        eventyard_core::transport::check_name("subscription", subscription)?;
+        let (t, n) = (topic.to_owned(), subscription.to_owned());
+        let id = writer::call(self.sender()?, |reply| Cmd::Lookup {
+            topic: t,
+            name: n,
+            reply,
+        })
+        .await?;
+        Ok(Box::new(SqliteReceiver {
+            broker: self.clone(),
+            queue: if queue == SubQueue::DeadLetter {
+                -id
+            } else {
+                id
+            },
+            subscription: subscription.to_owned(),
+            wake: self.inner.shared.wake.subscribe(),
+        }))
+    }
+
+    async fn close(&self) -> Result<(), TransportError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (reply, done) = oneshot::channel();
+        if self.inner.tx.send(Cmd::Shutdown { reply }).is_ok() {
+            let _ = done.await;
+        }
+        let handle = self.inner.thread.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Last handle gone: stop the writer after it drains what was already sent.
+        let (reply, _done) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Shutdown { reply });
+    }
+}
+
+struct SqliteReceiver {
+    broker: SqliteBroker,
+    queue: i64,
+    subscription: String,
+    wake: watch::Receiver<u64>,
+}
+
+/// Decrements the waiter count when a wait ends (also on cancellation).
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn to_time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+#[async_trait]
+impl Receiver for SqliteReceiver {
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Mark the current wake generation as seen before claiming, so a commit that lands
+            // between the claim and the wait is not missed.
+            self.wake.borrow_and_update();
+            let queue = self.queue;
+            let claimed: Claimed = writer::call(self.broker.sender()?, |reply| Cmd::Claim {
+                queue,
+                max,
+                reply,
+            })
+            .await?;
+            if !claimed.rows.is_empty() {
+                return Ok(claimed
+                    .rows
+                    .into_iter()
+                    .map(|r| {
+                        Delivery::new(
+                            Message {
+                                body: r.body,
+                                properties: r.props,
+                            },
+                            r.delivery_count,
+                            to_time(r.enqueued_at),
+                            u64::try_from(r.seq).unwrap_or(0),
+                            self.subscription.clone(),
+                            Box::new(SqliteSettle {
+                                tx: self.broker.inner.tx.clone(),
+                                queue,
+                                seq: r.seq,
+                                count: r.delivery_count,
+                                settled: false,
+                            }),
+                        )
+                    })
+                    .collect());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut until = deadline.min(now + MAX_IDLE_SLEEP);
+            if let Some(next) = claimed.next_visible {
+                let delta = u64::try_from(next - now_us()).unwrap_or(0);
+                until = until.min(now + Duration::from_micros(delta));
+            }
+            let shared = &self.broker.inner.shared;
+            shared.waiters.fetch_add(1, Ordering::AcqRel);
+            let _guard = WaiterGuard(&shared.waiters);
+            let _ = tokio::time::timeout_at(until, self.wake.changed()).await;
+        }
+    }
+}
+
+struct SqliteSettle {
+    tx: mpsc::Sender<Cmd>,
+    queue: i64,
+    seq: i64,
+    count: u32,
+    settled: bool,
+}
+
+#[async_trait]
+impl Settle for SqliteSettle {
+    async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), TransportError> {
+        self.settled = true;
+        let (queue, seq, count) = (self.queue, self.seq, self.count);
+        writer::call(&self.tx, |reply| Cmd::Settle {
+            queue,
+            seq,
+            count,
+            settlement,
+            reply: Some(reply),
+        })
+        .await
+    }
+}
+
+impl Drop for SqliteSettle {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Released at once rather than at lock expiry.
+            let _ = self.tx.send(Cmd::Settle {
+                queue: self.queue,
+                seq: self.seq,
+                count: self.count,
+                settlement: Settlement::Abandon {
+                    after: Duration::ZERO,
+                },
+                reply: None,
+            });
+        }
+    }
+}

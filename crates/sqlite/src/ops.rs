@@ -1,0 +1,574 @@
+//! The commands the writer executes, each as SQL inside the writer's transaction.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use eventyard_core::properties::names;
+use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
+use eventyard_core::{
+    DeadLetterInfo, OutgoingMessage, Properties, Settlement, SubscriptionSpec, TransportError,
+};
+use rusqlite::{OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+
+use crate::config::SqliteConfig;
+use crate::topology::Topology;
+
+type Tx<T> = oneshot::Sender<Result<T, TransportError>>;
+
+/// A message claimed from a queue.
+#[derive(Debug)]
+pub struct ClaimedRow {
+    /// Sequence number.
+    pub seq: i64,
+    /// Delivery count after this claim.
+    pub delivery_count: u32,
+    /// Enqueue time, µs.
+    pub enqueued_at: i64,
+    /// Body.
+    pub body: Bytes,
+    /// Properties.
+    pub props: Properties,
+}
+
+/// Result of a claim.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The claimed messages, in sequence order.
+    pub rows: Vec<ClaimedRow>,
+    /// Earliest `visible_at` of the queue's remaining messages (µs), when nothing was claimed.
+    pub next_visible: Option<i64>,
+}
+
+/// Counts of one subscription.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriptionStats {
+    /// Topic.
+    pub topic: String,
+    /// Subscription.
+    pub subscription: String,
+    /// `in-platform` / `cross-platform`.
+    pub scope: String,
+    /// Filter, as text.
+    pub filter: String,
+    /// Messages available now.
+    pub available: u64,
+    /// Messages locked by a consumer or scheduled for later.
+    pub pending: u64,
+    /// Messages in the dead-letter sub-queue.
+    pub dead_lettered: u64,
+}
+
+/// A command for the writer thread.
+pub enum Cmd {
+    /// Publish a batch to a topic.
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Messages.
+        messages: Vec<OutgoingMessage>,
+        /// Reply.
+        reply: Tx<()>,
+    },
+    /// Claim up to `max` available messages of a queue.
+    Claim {
+        /// Queue id (negative: dead-letter sub-queue).
+        queue: i64,
+        /// Most messages.
+        max: usize,
+        /// Reply.
+        reply: Tx<Claimed>,
+    },
+    /// Settle one delivery.
+    Settle {
+        /// Queue id.
+        queue: i64,
+        /// Sequence.
+        seq: i64,
+        /// Delivery count when claimed (the lock token).
+        count: u32,
+        /// How.
+        settlement: Settlement,
+        /// Reply (None: fire and forget, for release on drop).
+        reply: Option<Tx<()>>,
+    },
+    /// Declare a subscription.
+    Ensure {
+        /// Spec.
+        spec: Box<SubscriptionSpec>,
+        /// Reply.
+        reply: Tx<()>,
+    },
+    /// Delete a subscription.
+    Delete {
+        /// Topic.
+        topic: String,
+        /// Name.
+        name: String,
+        /// Reply.
+        reply: Tx<()>,
+    },
+    /// Resolve a subscription to its queue id.
+    Lookup {
+        /// Topic.
+        topic: String,
+        /// Name.
+        name: String,
+        /// Reply.
+        reply: Tx<i64>,
+    },
+    /// Counts per subscription.
+    Stats {
+        /// Reply.
+        reply: Tx<Vec<SubscriptionStats>>,
+    },
+    /// Stop the writer after the commands before this one.
+    Shutdown {
+        /// Reply.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A command's result, held until the transaction commits.
+pub enum Reply {
+    /// Unit.
+    Unit,
+    /// Claim.
+    Claimed(Claimed),
+    /// Queue id.
+    Id(i64),
+    /// Stats.
+    Stats(Vec<SubscriptionStats>),
+    /// The command's own refusal.
+    Err(TransportError),
+}
+
+fn send<T>(tx: Tx<T>, r: Result<T, TransportError>) {
+    let _ = tx.send(r);
+}
+
+impl Cmd {
+    /// Delivers the committed result.
+    pub fn answer(self, reply: Reply) {
+        match (self, reply) {
+            (cmd, Reply::Err(e)) => cmd.fail(e),
+            (Cmd::Publish { reply, .. }, _)
+            | (Cmd::Ensure { reply, .. }, _)
+            | (Cmd::Delete { reply, .. }, _) => send(reply, Ok(())),
+            (Cmd::Settle { reply, .. }, _) => {
+                if let Some(r) = reply {
+                    send(r, Ok(()))
+                }
+            }
+            (Cmd::Claim { reply, .. }, Reply::Claimed(c)) => send(reply, Ok(c)),
+            (Cmd::Lookup { reply, .. }, Reply::Id(id)) => send(reply, Ok(id)),
+            (Cmd::Stats { reply, .. }, Reply::Stats(s)) => send(reply, Ok(s)),
+            (cmd, _) => cmd.fail(TransportError::Backend {
+                backend: "sqlite",
+                message: "internal: reply of the wrong kind".into(),
+            }),
+        }
+    }
+
+    /// Answers with an error.
+    pub fn fail(self, e: TransportError) {
+        match self {
+            Cmd::Publish { reply, .. } | Cmd::Ensure { reply, .. } | Cmd::Delete { reply, .. } => {
+                send(reply, Err(e))
+            }
+            Cmd::Settle { reply, .. } => {
+                if let Some(r) = reply {
+                    send(r, Err(e))
+                }
+            }
+            Cmd::Claim { reply, .. } => send(reply, Err(e)),
+            Cmd::Lookup { reply, .. } => send(reply, Err(e)),
+            Cmd::Stats { reply } => send(reply, Err(e)),
+            Cmd::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Why an op failed: the database (aborts the transaction) or the command itself.
+pub enum OpError {
+    /// Engine error.
+    Db(rusqlite::Error),
+    /// The command's own refusal.
+    Transport(TransportError),
+}
+
+impl From<rusqlite::Error> for OpError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpError::Db(e)
+    }
+}
+
+impl From<TransportError> for OpError {
+    fn from(e: TransportError) -> Self {
+        OpError::Transport(e)
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn dur_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn props_json(p: &Properties) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
+/// Executes one command. `woke` is set when messages became available.
+pub fn apply(
+    tx: &Transaction<'_>,
+    topology: &mut Topology,
+    cfg: &SqliteConfig,
+    now: i64,
+    cmd: &Cmd,
+    woke: &mut bool,
+) -> Result<Reply, OpError> {
+    match cmd {
+        Cmd::Publish {
+            topic, messages, ..
+        } => {
+            publish(tx, topology, cfg, now, topic, messages, woke)?;
+            Ok(Reply::Unit)
+        }
+        Cmd::Claim { queue, max, .. } => {
+            Ok(Reply::Claimed(claim(tx, topology, now, *queue, *max)?))
+        }
+        Cmd::Settle {
+            queue,
+            seq,
+            count,
+            settlement,
+            ..
+        } => {
+            settle(tx, topology, now, *queue, *seq, *count, settlement, woke)?;
+            Ok(Reply::Unit)
+        }
+        Cmd::Ensure { spec, .. } => {
+            ensure(tx, topology, now, spec)?;
+            Ok(Reply::Unit)
+        }
+        Cmd::Delete { topic, name, .. } => {
+            delete(tx, topology, topic, name)?;
+            Ok(Reply::Unit)
+        }
+        Cmd::Lookup { topic, name, .. } => match topology.find(topic, name) {
+            Some(s) => Ok(Reply::Id(s.id)),
+            None => Err(OpError::Transport(TransportError::UnknownSubscription {
+                topic: topic.clone(),
+                subscription: name.clone(),
+            })),
+        },
+        Cmd::Stats { .. } => Ok(Reply::Stats(stats(tx, topology, now)?)),
+        Cmd::Shutdown { .. } => Ok(Reply::Unit),
+    }
+}
+
+fn publish(
+    tx: &Transaction<'_>,
+    topology: &Topology,
+    cfg: &SqliteConfig,
+    now: i64,
+    topic: &str,
+    messages: &[OutgoingMessage],
+    woke: &mut bool,
+) -> Result<(), OpError> {
+    eventyard_core::transport::check_name("topic", topic)?;
+    for m in messages {
+        if m.message.body.len() > cfg.max_message_size {
+            return Err(TransportError::MessageTooLarge {
+                size: m.message.body.len(),
+                max: cfg.max_message_size,
+            }
+            .into());
+        }
+    }
+    let subs: Vec<_> = topology.of_topic(topic).collect();
+    if subs.is_empty() {
+        return Ok(());
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (queue, visible_at, enqueued_at, body, props) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for m in messages {
+        let visible_at = m.deliver_at.map(|t| t.timestamp_micros()).unwrap_or(now);
+        let mut props: Option<String> = None;
+        for s in &subs {
+            if s.filter.matches(&m.message.properties) {
+                let p = props.get_or_insert_with(|| props_json(&m.message.properties));
+                insert.execute(params![s.id, visible_at, now, &m.message.body[..], &*p])?;
+                if visible_at <= now {
+                    *woke = true;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unknown_queue(queue: i64) -> OpError {
+    OpError::Transport(TransportError::UnknownSubscription {
+        topic: "?".into(),
+        subscription: format!("queue #{queue} (deleted)"),
+    })
+}
+
+fn claim(
+    tx: &Transaction<'_>,
+    topology: &Topology,
+    now: i64,
+    queue: i64,
+    max: usize,
+) -> Result<Claimed, OpError> {
+    let sub = topology
+        .get(queue.abs())
+        .ok_or_else(|| unknown_queue(queue))?;
+    let lock_until = now.saturating_add(sub.lock_us);
+    let mut stmt = tx.prepare_cached(
+        "UPDATE messages SET delivery_count = delivery_count + 1, visible_at = ?1
+         WHERE seq IN (SELECT seq FROM messages WHERE queue = ?2 AND visible_at <= ?3
+                       ORDER BY visible_at, seq LIMIT ?4)
+         RETURNING seq, delivery_count, enqueued_at, body, props",
+    )?;
+    let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query_map(params![lock_until, queue, now, max], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.sort_unstable_by_key(|r| r.0);
+    let mut out = Claimed::default();
+    for (seq, count, enqueued_at, body, props) in rows {
+        let props: Properties = serde_json::from_str(&props).unwrap_or_default();
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        if queue > 0 && count > sub.max_delivery {
+            let info = DeadLetterInfo::new(
+                MAX_DELIVERY_EXCEEDED,
+                format!(
+                    "delivered {} times without being settled (max_delivery_count = {})",
+                    count - 1,
+                    sub.max_delivery
+                ),
+            );
+            dead_letter(tx, now, queue, seq, props, &sub.name, &info)?;
+            continue;
+        }
+        out.rows.push(ClaimedRow {
+            seq,
+            delivery_count: count,
+            enqueued_at,
+            body: Bytes::from(body),
+            props,
+        });
+    }
+    if out.rows.is_empty() {
+        out.next_visible = tx
+            .prepare_cached("SELECT min(visible_at) FROM messages WHERE queue = ?1")?
+            .query_row(params![queue], |r| r.get::<_, Option<i64>>(0))?;
+    }
+    Ok(out)
+}
+
+fn dead_letter(
+    tx: &Transaction<'_>,
+    now: i64,
+    queue: i64,
+    seq: i64,
+    mut props: Properties,
+    source: &str,
+    info: &DeadLetterInfo,
+) -> Result<(), OpError> {
+    props.insert(names::DEAD_LETTER_REASON, info.reason.as_str());
+    props.insert(names::DEAD_LETTER_DESCRIPTION, info.description.as_str());
+    props.insert(names::DEAD_LETTER_SOURCE, source);
+    let context = if info.context.is_null() {
+        None
+    } else {
+        Some(info.context.to_string())
+    };
+    tx.prepare_cached(
+        "UPDATE messages SET queue = ?1, visible_at = ?2, delivery_count = 0, props = ?3,
+                dl_context = ?4, dl_at = ?2
+         WHERE seq = ?5",
+    )?
+    .execute(params![-queue, now, props_json(&props), context, seq])?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    tx: &Transaction<'_>,
+    topology: &Topology,
+    now: i64,
+    queue: i64,
+    seq: i64,
+    count: u32,
+    settlement: &Settlement,
+    woke: &mut bool,
+) -> Result<(), OpError> {
+    let sub = topology
+        .get(queue.abs())
+        .ok_or_else(|| unknown_queue(queue))?;
+    let lock_lost = || {
+        OpError::Transport(TransportError::LockLost {
+            subscription: sub.name.clone(),
+            sequence: u64::try_from(seq).unwrap_or(0),
+        })
+    };
+    let changed = match settlement {
+        Settlement::Ack => tx
+            .prepare_cached(
+                "DELETE FROM messages WHERE seq = ?1 AND queue = ?2 AND delivery_count = ?3",
+            )?
+            .execute(params![seq, queue, count])?,
+        Settlement::Abandon { after } => {
+            let at = now.saturating_add(dur_us(*after));
+            if after.is_zero() {
+                *woke = true;
+            }
+            tx.prepare_cached(
+                "UPDATE messages SET visible_at = ?1
+                 WHERE seq = ?2 AND queue = ?3 AND delivery_count = ?4",
+            )?
+            .execute(params![at, seq, queue, count])?
+        }
+        Settlement::DeadLetter(info) => {
+            if queue < 0 {
+                return Err(TransportError::Config(
+                    "a message of a dead-letter sub-queue cannot be dead-lettered again".into(),
+                )
+                .into());
+            }
+            let props: Option<String> = tx
+                .prepare_cached(
+                    "SELECT props FROM messages WHERE seq = ?1 AND queue = ?2 AND delivery_count = ?3",
+                )?
+                .query_row(params![seq, queue, count], |r| r.get(0))
+                .optional()?;
+            let Some(props) = props else {
+                return Err(lock_lost());
+            };
+            let props: Properties = serde_json::from_str(&props).unwrap_or_default();
+            dead_letter(tx, now, queue, seq, props, &sub.name, info)?;
+            1
+        }
+    };
+    if changed == 0 {
+        return Err(lock_lost());
+    }
+    Ok(())
+}
+
+fn ensure(
+    tx: &Transaction<'_>,
+    topology: &mut Topology,
+    now: i64,
+    spec: &SubscriptionSpec,
+) -> Result<(), OpError> {
+    spec.validate()?;
+    let filter = serde_json::to_string(&spec.filter)
+        .map_err(|e| TransportError::Config(format!("filter cannot be stored: {e}")))?;
+    let lock_us = dur_us(spec.lock_duration);
+    let existing = topology.find(&spec.topic, &spec.name).map(|s| {
+        (
+            serde_json::to_string(&*s.filter).unwrap_or_default(),
+            s.scope,
+            s.max_delivery,
+            s.lock_us,
+        )
+    });
+    if existing == Some((filter.clone(), spec.scope, spec.max_delivery_count, lock_us)) {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO subscriptions (topic, name, filter, scope, max_delivery, lock_us, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (topic, name) DO UPDATE SET filter = excluded.filter, scope = excluded.scope,
+             max_delivery = excluded.max_delivery, lock_us = excluded.lock_us",
+    )?
+    .execute(params![
+        spec.topic,
+        spec.name,
+        filter,
+        spec.scope.as_str(),
+        spec.max_delivery_count,
+        lock_us,
+        now
+    ])?;
+    bump_topology(tx, topology)
+}
+
+fn bump_topology(tx: &Transaction<'_>, topology: &mut Topology) -> Result<(), OpError> {
+    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'topology_version'")?
+        .execute([])?;
+    topology.invalidate();
+    topology.refresh(tx)?;
+    Ok(())
+}
+
+fn delete(
+    tx: &Transaction<'_>,
+    topology: &mut Topology,
+    topic: &str,
+    name: &str,
+) -> Result<(), OpError> {
+    let Some(id) = topology.find(topic, name).map(|s| s.id) else {
+        return Err(TransportError::UnknownSubscription {
+            topic: topic.to_owned(),
+            subscription: name.to_owned(),
+        }
+        .into());
+    };
+    tx.prepare_cached("DELETE FROM messages WHERE queue IN (?1, -?1)")?
+        .execute(params![id])?;
+    tx.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
+        .execute(params![id])?;
+    bump_topology(tx, topology)
+}
+
+fn stats(
+    tx: &Transaction<'_>,
+    topology: &Topology,
+    now: i64,
+) -> Result<Vec<SubscriptionStats>, OpError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT count(*) FILTER (WHERE visible_at <= ?2), count(*) FILTER (WHERE visible_at > ?2)
+         FROM messages WHERE queue = ?1",
+    )?;
+    let mut out = Vec::new();
+    for s in topology.all() {
+        let (available, pending): (i64, i64) =
+            stmt.query_row(params![s.id, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (dl_a, dl_p): (i64, i64) =
+            stmt.query_row(params![-s.id, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        out.push(SubscriptionStats {
+            topic: s.topic.clone(),
+            subscription: s.name.clone(),
+            scope: s.scope.as_str().to_owned(),
+            filter: s.filter.to_string(),
+            available: u64::try_from(available).unwrap_or(0),
+            pending: u64::try_from(pending).unwrap_or(0),
+            dead_lettered: u64::try_from(dl_a + dl_p).unwrap_or(0),
+        });
+    }
+    out.sort_by(|a, b| (&a.topic, &a.subscription).cmp(&(&b.topic, &b.subscription)));
+    Ok(out)
+}

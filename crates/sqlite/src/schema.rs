@@ -1,0 +1,115 @@
+//! Schema of the data file, and opening it with the right pragmas.
+//!
+//! One file holds every queue. `subscriptions` declares queues; `messages` holds the messages of
+//! every queue: a subscription's main queue has `queue = id`, its dead-letter sub-queue
+//! `queue = -id`, so dead-lettering is a single UPDATE. `visible_at` (µs since the epoch) serves
+//! scheduled delivery, abandon delays and lock expiry alike: a message is available when
+//! `visible_at <= now`; receiving it moves `visible_at` to the end of its lock.
+
+use rusqlite::{Connection, OpenFlags};
+
+use eventyard_core::TransportError;
+
+use crate::config::SqliteConfig;
+use crate::error::map_open_error;
+
+/// `PRAGMA application_id` of an eventyard data file ("EYRD").
+pub const APPLICATION_ID: i64 = 0x4559_5244;
+/// Current schema version (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('topology_version', 0);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic        TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    filter       TEXT NOT NULL,
+    scope        TEXT NOT NULL,
+    max_delivery INTEGER NOT NULL,
+    lock_us      INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    UNIQUE (topic, name)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue          INTEGER NOT NULL,
+    visible_at     INTEGER NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    enqueued_at    INTEGER NOT NULL,
+    body           BLOB NOT NULL,
+    props          TEXT NOT NULL,
+    dl_context     TEXT,
+    dl_at          INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
+";
+
+/// Opens (creating if needed) the data file with WAL, the configured `synchronous` and busy
+/// timeout, and brings the schema up to date. Fails with `InvalidDataFile` for a file that is
+/// not a database or belongs to another application.
+pub fn open(cfg: &SqliteConfig) -> Result<Connection, TransportError> {
+    let path = cfg.path.display().to_string();
+    if let Some(parent) = cfg.path.parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            return Err(TransportError::InvalidDataFile {
+                path,
+                reason: format!("directory {} does not exist", parent.display()),
+            });
+        }
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(&cfg.path, flags).map_err(|e| map_open_error(&path, e))?;
+    conn.busy_timeout(cfg.busy_timeout)
+        .map_err(|e| map_open_error(&path, e))?;
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| map_open_error(&path, e))?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| map_open_error(&path, e))?;
+    if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
+        return Err(TransportError::InvalidDataFile {
+            path,
+            reason: "it is an SQLite database of another application (no eventyard schema)".into(),
+        });
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| map_open_error(&path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(TransportError::InvalidDataFile {
+            path,
+            reason: format!("cannot switch to WAL journal mode (got {mode})"),
+        });
+    }
+    conn.pragma_update(None, "synchronous", cfg.synchronous.as_str())
+        .map_err(|e| map_open_error(&path, e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| map_open_error(&path, e))?;
+    if version > SCHEMA_VERSION {
+        return Err(TransportError::InvalidDataFile {
+            path,
+            reason: format!(
+                "schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
+            ),
+        });
+    }
+    if version < SCHEMA_VERSION {
+        let ddl = format!(
+            "BEGIN IMMEDIATE; {DDL} PRAGMA application_id = {APPLICATION_ID}; \
+             PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        );
+        conn.execute_batch(&ddl)
+            .map_err(|e| map_open_error(&path, e))?;
+    }
+    Ok(conn)
+}

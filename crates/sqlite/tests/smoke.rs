@@ -1,0 +1,52 @@
+//! Quick end-to-end checks of the embedded broker beyond the shared conformance suite.
+
+use std::time::Duration;
+
+use eventyard_core::{Filter, Message, SubQueue, SubscriptionSpec, Transport};
+use eventyard_sqlite::{SqliteBroker, SqliteConfig};
+
+fn msg(tenant: &str) -> Message {
+    let env = eventyard_core::Envelope::new(
+        eventyard_core::EventType::event("ProjectCreated").unwrap(),
+        eventyard_core::TenantId::parse(tenant).unwrap(),
+        serde_json::json!({"n": 1}),
+    );
+    Message::from_envelope(&env)
+}
+
+#[tokio::test]
+async fn publish_receive_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBroker::open(SqliteConfig::new(dir.path().join("a.db"))).unwrap();
+    b.ensure_subscription(
+        &SubscriptionSpec::new("ProjectCreated", "s1")
+            .filter(Filter::sql("[cs-tenant-id] = 'acme'").unwrap()),
+    )
+    .await
+    .unwrap();
+    b.publish(
+        "ProjectCreated",
+        vec![msg("acme").into(), msg("other").into()],
+    )
+    .await
+    .unwrap();
+    let mut r = b
+        .receiver("ProjectCreated", "s1", SubQueue::Main)
+        .await
+        .unwrap();
+    let got = r.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].delivery_count, 1);
+    assert_eq!(
+        got[0].message.properties.get_str("cs-tenant-id"),
+        Some("acme")
+    );
+    for d in got {
+        d.ack().await.unwrap();
+    }
+    let empty = r.receive(10, Duration::from_millis(50)).await.unwrap();
+    assert!(empty.is_empty());
+    let stats = b.stats().await.unwrap();
+    assert_eq!(stats[0].available + stats[0].pending, 0);
+    b.close().await.unwrap();
+}

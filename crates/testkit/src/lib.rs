@@ -1,0 +1,1 @@
+//! eventyard testkit: conformance suites every backend must pass, and service helpers.
