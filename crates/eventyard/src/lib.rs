@@ -1,1 +1,54 @@
-//! eventyard: event backbone for Rust services (facade).
+//! # eventyard
+//!
+//! The event backbone for Rust services: a canonical envelope, topics and filtered
+//! subscriptions, peek-lock delivery with retries and dead-lettering, and automatic propagation
+//! of trace, correlation, tenant and causation — over an embedded SQLite broker by default, or a
+//! distributed broker chosen by URL.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use eventyard::{Bus, Event, HandlerError, MessageContext, TenantId};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! #[serde(rename_all = "camelCase")]
+//! struct ArtifactCreated { artifact_id: String }
+//! impl Event for ArtifactCreated { const EVENT_TYPE: &'static str = "ArtifactCreated"; }
+//!
+//! let bus = Bus::new(eventyard::connect("sqlite://eventyard.db")?);
+//! bus.subscription("knowledge.ingest")
+//!     .handle(|e: ArtifactCreated, ctx: MessageContext| async move {
+//!         println!("{} from trace {}", e.artifact_id, ctx.envelope().trace_id);
+//!         Ok::<_, HandlerError>(())
+//!     })
+//!     .await?;
+//! let tenant = TenantId::parse("connectsoft")?;
+//! bus.publish(&tenant, &ArtifactCreated { artifact_id: "art-1".into() }).await?;
+//! bus.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+pub use eventyard_core::{self as core, *};
+pub use eventyard_lineage as lineage;
+pub use eventyard_runtime::{self as runtime, *};
+#[cfg(feature = "sqlite")]
+pub use eventyard_sqlite as sqlite;
+
+/// Opens a transport by URL:
+/// - `sqlite://PATH[?synchronous=full|normal|off]` (or a bare file path): the embedded broker.
+///
+/// Other schemes (`amqp://`, `nats://`, `sb://`) are reported as not available in this build.
+pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        #[cfg(feature = "sqlite")]
+        "sqlite" | "" => Ok(Arc::new(eventyard_sqlite::SqliteBroker::open_url(url)?)),
+        "amqp" | "amqps" | "nats" | "sb" => Err(TransportError::Config(format!(
+            "`{url}`: the {scheme} transport is not available in this build yet (available: sqlite://)"
+        ))),
+        other => Err(TransportError::Config(format!(
+            "`{url}`: unknown transport scheme `{other}` (available: sqlite://PATH)"
+        ))),
+    }
+}
