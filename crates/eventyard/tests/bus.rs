@@ -1,0 +1,513 @@
+//! The bus over the embedded broker: propagation, classification, retries, poison messages,
+//! panics, topology styles and graceful shutdown.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventyard::{
+    Bus, BusError, ConsumerOptions, Envelope, Event, HandlerError, Message, MessageContext,
+    OutgoingMessage, Properties, RetryPolicy, SubQueue, TenantId, TopologyStyle,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    n: u32,
+}
+impl Event for OrderPlaced {
+    const EVENT_TYPE: &'static str = "OrderPlaced";
+    const CONTEXT: &'static str = "sales";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InvoiceIssued {
+    n: u32,
+}
+impl Event for InvoiceIssued {
+    const EVENT_TYPE: &'static str = "InvoiceIssued";
+    const CONTEXT: &'static str = "sales";
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.db");
+        Fixture { _dir: dir, path }
+    }
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+    fn bus(&self) -> Bus {
+        Bus::new(eventyard::connect(&self.url()).unwrap())
+    }
+}
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+fn fast_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::exponential(attempts, Duration::from_millis(100), Duration::from_secs(2))
+}
+
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn dead_letters(bus: &Bus, topic: &str, sub: &str, n: usize) -> Vec<eventyard::Delivery> {
+    let mut rx = bus
+        .transport()
+        .receiver(topic, sub, SubQueue::DeadLetter)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    while out.len() < n && t0.elapsed() < Duration::from_secs(10) {
+        out.extend(
+            rx.receive(n - out.len(), Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_inside_a_handler_propagates_ids() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let seen: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+    bus.subscription("billing.invoice")
+        .handle(|e: OrderPlaced, ctx: MessageContext| async move {
+            // One follow-up through the context, one straight through the bus: both inherit.
+            ctx.publish(&InvoiceIssued { n: e.n })
+                .await
+                .map_err(|e| HandlerError::transient(e.to_string()))?;
+            ctx.bus()
+                .publish(ctx.tenant(), &InvoiceIssued { n: e.n + 100 })
+                .await
+                .map_err(|e| HandlerError::transient(e.to_string()))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let s = seen.clone();
+    bus.subscription("audit.invoices")
+        .handle(move |_: InvoiceIssued, ctx: MessageContext| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(ctx.envelope().clone());
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let root = Envelope::for_event(&OrderPlaced { n: 1 }, tenant("connectsoft")).unwrap();
+    let root_id = root.event_id.clone();
+    bus.publish_envelope(root.clone()).await.unwrap();
+    wait_until("two invoices", || seen.lock().unwrap().len() == 2).await;
+    for child in seen.lock().unwrap().iter() {
+        assert_eq!(child.causation_id.as_ref(), Some(&root_id));
+        assert_eq!(child.trace_id, root.trace_id);
+        assert_eq!(child.correlation_id, root.correlation_id);
+        assert_eq!(child.tenant_id, root.tenant_id);
+        assert_ne!(child.event_id, root_id);
+    }
+    // Outside a handler nothing is inherited.
+    let id = bus
+        .publish(&tenant("connectsoft"), &InvoiceIssued { n: 7 })
+        .await
+        .unwrap();
+    wait_until("third invoice", || seen.lock().unwrap().len() == 3).await;
+    let third = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.event_id == id)
+        .cloned()
+        .unwrap();
+    assert_eq!(third.causation_id, None);
+    assert_ne!(third.trace_id, root.trace_id);
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_tenant_publish_from_a_handler_is_refused() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let result: Arc<Mutex<Option<String>>> = Arc::default();
+    let r = result.clone();
+    bus.subscription("x.y")
+        .handle(move |_: OrderPlaced, ctx: MessageContext| {
+            let r = r.clone();
+            async move {
+                let e = ctx
+                    .bus()
+                    .publish(&tenant("acme"), &InvoiceIssued { n: 1 })
+                    .await;
+                *r.lock().unwrap() = Some(match e {
+                    Err(BusError::CrossTenant { .. }) => "refused".into(),
+                    other => format!("{other:?}"),
+                });
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    bus.publish(&tenant("connectsoft"), &OrderPlaced { n: 1 })
+        .await
+        .unwrap();
+    wait_until("handler ran", || result.lock().unwrap().is_some()).await;
+    assert_eq!(result.lock().unwrap().as_deref(), Some("refused"));
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_retry_with_growing_delays_without_blocking_others() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let attempts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let others: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let (a, o) = (attempts.clone(), others.clone());
+    bus.subscription("flaky")
+        .retry(fast_retry(5))
+        .handle(move |e: OrderPlaced, _ctx: MessageContext| {
+            let (a, o) = (a.clone(), o.clone());
+            async move {
+                if e.n != 0 {
+                    o.lock().unwrap().push(Instant::now());
+                    return Ok(());
+                }
+                let mut a = a.lock().unwrap();
+                a.push(Instant::now());
+                if a.len() <= 3 {
+                    return Err(HandlerError::transient(format!(
+                        "attempt {} failed",
+                        a.len()
+                    )));
+                }
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let t = tenant("connectsoft");
+    let start = Instant::now();
+    bus.publish(&t, &OrderPlaced { n: 0 }).await.unwrap();
+    for n in 1..=20 {
+        bus.publish(&t, &OrderPlaced { n }).await.unwrap();
+    }
+    wait_until("4 attempts", || attempts.lock().unwrap().len() == 4).await;
+    let at = attempts.lock().unwrap().clone();
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    // Backoff 100 ms, 200 ms, 400 ms: each gap at least its delay, and growing.
+    assert!(gaps[0] >= Duration::from_millis(100), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(200), "{gaps:?}");
+    assert!(gaps[2] >= Duration::from_millis(400), "{gaps:?}");
+    assert!(gaps[2] > gaps[0], "{gaps:?}");
+    // The other 20 messages were handled while the first one waited for its retries.
+    let others = others.lock().unwrap().clone();
+    assert_eq!(others.len(), 20);
+    assert!(
+        others.iter().all(|t| *t < at[1]),
+        "other messages were delayed behind the retrying one"
+    );
+    wait_until("acked", || bus.consumer_counts()[0].2.acked == 21).await;
+    let c = bus.consumer_counts()[0].2;
+    assert_eq!((c.acked, c.retried, c.dead_lettered), (21, 3, 0));
+    assert!(start.elapsed() >= Duration::from_millis(700));
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_and_validation_errors_dead_letter_with_context() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    bus.subscription("strict")
+        .retry(fast_retry(3))
+        .handle(move |e: OrderPlaced, _ctx: MessageContext| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                if e.n == 1 {
+                    Err(HandlerError::validation("order has no lines"))
+                } else {
+                    Err(HandlerError::external("payment gateway down"))
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let t = tenant("connectsoft");
+    bus.publish(&t, &OrderPlaced { n: 1 }).await.unwrap();
+    bus.publish(&t, &OrderPlaced { n: 2 }).await.unwrap();
+    let dl = dead_letters(&bus, "OrderPlaced", "strict", 2).await;
+    assert_eq!(dl.len(), 2);
+    // Validation: 1 call; external: 3 attempts.
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let mut reasons: Vec<(String, String)> = dl
+        .iter()
+        .map(|d| {
+            let p = &d.message.properties;
+            (
+                p.get_str("cs-dead-letter-reason").unwrap().to_owned(),
+                p.get_str("cs-dead-letter-description").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons[0].0, "RetriesExhausted");
+    assert!(reasons[0].1.contains("payment gateway down"), "{reasons:?}");
+    assert!(reasons[0].1.contains("after 3 attempts"), "{reasons:?}");
+    assert_eq!(reasons[1].0, "ValidationError");
+    assert!(reasons[1].1.contains("order has no lines"));
+    // The original envelope is intact in the dead-letter queue.
+    for d in &dl {
+        assert!(d.message.envelope().is_ok());
+    }
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_do_not_block_good_ones() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    bus.subscription("orders")
+        .concurrency(1)
+        .retry(fast_retry(2))
+        .handle(move |e: OrderPlaced, _ctx: MessageContext| {
+            let h = h.clone();
+            async move {
+                if e.n == 666 {
+                    panic!("boom on order 666");
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let t = tenant("connectsoft");
+    let good = |n| -> OutgoingMessage {
+        (&Envelope::for_event(&OrderPlaced { n }, t.clone()).unwrap()).into()
+    };
+    let raw = |body: &[u8]| {
+        OutgoingMessage::from(Message {
+            body: body.to_vec().into(),
+            properties: Properties::new(),
+        })
+    };
+    let mut wrong_type = Envelope::for_event(&InvoiceIssued { n: 1 }, t.clone()).unwrap();
+    wrong_type.payload = serde_json::json!({"n": 1});
+    let mut bad_payload = Envelope::for_event(&OrderPlaced { n: 1 }, t.clone()).unwrap();
+    bad_payload.payload = serde_json::json!({"n": "not a number"});
+    let batch = vec![
+        raw(b"{\"eventId\": \"evt-trunc"),
+        good(1),
+        raw(b"\xff\xfe not utf-8"),
+        good(2),
+        raw(br#"{"eventType":"OrderPlaced","tenantId":"connectsoft"}"#),
+        (&wrong_type).into(),
+        (&bad_payload).into(),
+        good(666),
+        good(3),
+    ];
+    bus.transport().publish("OrderPlaced", batch).await.unwrap();
+    let dl = dead_letters(&bus, "OrderPlaced", "orders", 6).await;
+    wait_until("good handled", || handled.load(Ordering::SeqCst) == 3).await;
+    let mut reasons: Vec<String> = dl
+        .iter()
+        .map(|d| {
+            d.message
+                .properties
+                .get_str("cs-dead-letter-reason")
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            "HandlerPanicked",
+            "MalformedEnvelope.InvalidUtf8",
+            "MalformedEnvelope.MalformedJson",
+            "MalformedEnvelope.MissingField",
+            "ValidationError",
+            "ValidationError",
+        ]
+    );
+    let descriptions: Vec<String> = dl
+        .iter()
+        .map(|d| {
+            d.message
+                .properties
+                .get_str("cs-dead-letter-description")
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        descriptions.iter().any(|d| d.contains("boom on order 666")),
+        "{descriptions:?}"
+    );
+    assert!(
+        descriptions.iter().any(|d| d.contains("UnknownEventType")),
+        "{descriptions:?}"
+    );
+    assert!(
+        descriptions.iter().any(|d| d.contains("PayloadMismatch")),
+        "{descriptions:?}"
+    );
+    assert!(
+        descriptions.iter().any(|d| d.contains("`eventId`")),
+        "{descriptions:?}"
+    );
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_per_context_routes_by_type_filter() {
+    let fx = Fixture::new();
+    let bus = Bus::with_style(
+        eventyard::connect(&fx.url()).unwrap(),
+        TopologyStyle::PerContext,
+    );
+    let orders = Arc::new(AtomicU32::new(0));
+    let invoices = Arc::new(AtomicU32::new(0));
+    let (o, i) = (orders.clone(), invoices.clone());
+    let c1 = bus
+        .subscription("sales.orders")
+        .handle(move |_: OrderPlaced, _c: MessageContext| {
+            let o = o.clone();
+            async move {
+                o.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    bus.subscription("sales.invoices")
+        .handle(move |_: InvoiceIssued, _c: MessageContext| {
+            let i = i.clone();
+            async move {
+                i.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(c1.spec().topic, "sales");
+    let t = tenant("connectsoft");
+    for n in 0..3 {
+        bus.publish(&t, &OrderPlaced { n }).await.unwrap();
+    }
+    bus.publish(&t, &InvoiceIssued { n: 9 }).await.unwrap();
+    wait_until("routed", || {
+        orders.load(Ordering::SeqCst) == 3 && invoices.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(orders.load(Ordering::SeqCst), 3);
+    assert_eq!(invoices.load(Ordering::SeqCst), 1);
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_and_loses_nothing() {
+    let fx = Fixture::new();
+    let handled = Arc::new(AtomicU32::new(0));
+    {
+        let bus = fx.bus();
+        let h = handled.clone();
+        bus.subscription("slow")
+            .concurrency(2)
+            .handle(move |_: OrderPlaced, _c: MessageContext| {
+                let h = h.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        let t = tenant("connectsoft");
+        for n in 0..10 {
+            bus.publish(&t, &OrderPlaced { n }).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bus.shutdown().await.unwrap();
+        // The two in flight finished during shutdown; the rest were never started.
+        assert_eq!(handled.load(Ordering::SeqCst), 2);
+    }
+    // Reopen: the 8 others are still there, and available at once (not locked).
+    let bus = fx.bus();
+    let mut rx = bus
+        .transport()
+        .receiver("OrderPlaced", "slow", SubQueue::Main)
+        .await
+        .unwrap();
+    let mut left = 0;
+    let t0 = Instant::now();
+    while left < 8 && t0.elapsed() < Duration::from_secs(3) {
+        for d in rx.receive(10, Duration::from_millis(200)).await.unwrap() {
+            left += 1;
+            d.ack().await.unwrap();
+        }
+    }
+    assert_eq!(left, 8);
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_expired_releases_the_message() {
+    let fx = Fixture::new();
+    {
+        let bus = fx.bus();
+        bus.subscription("stuck")
+            .options(ConsumerOptions {
+                shutdown_grace: Duration::from_millis(100),
+                ..ConsumerOptions::default()
+            })
+            .handle(|_: OrderPlaced, _c: MessageContext| async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        bus.publish(&tenant("connectsoft"), &OrderPlaced { n: 1 })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        bus.shutdown().await.unwrap();
+    }
+    let bus = fx.bus();
+    let mut rx = bus
+        .transport()
+        .receiver("OrderPlaced", "stuck", SubQueue::Main)
+        .await
+        .unwrap();
+    // Released at cancellation, not after the 30 s lock: available now, second delivery.
+    let got = rx.receive(1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].delivery_count, 2);
+    bus.shutdown().await.unwrap();
+}
