@@ -52,3 +52,8 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         ))),
     }
 }
+
+/// The README's code examples, compiled as doc tests so the README stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -201,7 +201,7 @@ impl CausalGraph {
     }
 
     /// Every node, in `occurredAt` order.
-    pub fn iter(&self) -> impl Iterator<Item = &Node> {
+    pub fn iter(&self) -> std::slice::Iter<'_, Node> {
         self.nodes.iter()
     }
 
@@ -218,6 +218,14 @@ impl CausalGraph {
 impl FromIterator<Envelope> for CausalGraph {
     fn from_iter<T: IntoIterator<Item = Envelope>>(iter: T) -> Self {
         Self::from_envelopes(iter)
+    }
+}
+
+impl<'a> IntoIterator for &'a CausalGraph {
+    type Item = &'a Node;
+    type IntoIter = std::slice::Iter<'a, Node>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.nodes.iter()
     }
 }
 
@@ -295,15 +303,26 @@ mod tests {
         // Input order is irrelevant.
         let g = CausalGraph::from_envelopes(vec![b.clone(), c.clone(), a.clone()]);
         assert_eq!(g.len(), 3);
-        let kids: Vec<_> = g.children(&a.event_id).iter().map(|n| n.id().clone()).collect();
+        let kids: Vec<_> = g
+            .children(&a.event_id)
+            .iter()
+            .map(|n| n.id().clone())
+            .collect();
         assert_eq!(kids, vec![c.event_id.clone(), b.event_id.clone()]);
-        assert_eq!(g.get(&a.event_id).unwrap().root_kind(), Some(RootKind::Root));
+        assert_eq!(
+            g.get(&a.event_id).unwrap().root_kind(),
+            Some(RootKind::Root)
+        );
         assert_eq!(g.get(&b.event_id).unwrap().root_kind(), None);
         assert_eq!(g.get(&b.event_id).unwrap().depth(), 1);
         let order: Vec<_> = g.iter().map(|n| n.event_type().to_owned()).collect();
         assert_eq!(
             order,
-            ["ProjectCreated", "BlueprintValidated", "WorkflowInstanceStarted"]
+            [
+                "ProjectCreated",
+                "BlueprintValidated",
+                "WorkflowInstanceStarted"
+            ]
         );
     }
 
@@ -384,6 +403,6 @@ mod tests {
         assert_eq!(g.descendants(&first).len(), 19_999);
         assert_eq!(g.critical_path().unwrap().nodes.len(), 20_000);
         assert_eq!(g.render_tree(&Default::default()).lines().count(), 20_000);
-        assert_eq!(g.render_json()["nodes"].as_array().unwrap().len(), 20_000);
+        assert_eq!(g.to_json_value()["nodes"].as_array().unwrap().len(), 20_000);
     }
 }

@@ -19,7 +19,13 @@ impl CausalGraph {
     /// Direct children of an event, in time order (empty for a leaf or an unknown id).
     pub fn children(&self, id: &EventId) -> Vec<&Node> {
         self.idx(id)
-            .map(|i| self.nodes[i].children.iter().map(|&c| &self.nodes[c]).collect())
+            .map(|i| {
+                self.nodes[i]
+                    .children
+                    .iter()
+                    .map(|&c| &self.nodes[c])
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -199,7 +205,10 @@ mod tests {
             ids(g.by_trace(&TraceId::parse("trace-one").unwrap())),
             vec![a.event_id.clone(), b.event_id.clone(), c.event_id.clone()]
         );
-        assert!(g.by_trace(&TraceId::parse("trace-none").unwrap()).is_empty());
+        assert!(
+            g.by_trace(&TraceId::parse("trace-none").unwrap())
+                .is_empty()
+        );
         let corrs: Vec<&str> = g.correlations().iter().map(|c| c.as_str()).collect();
         assert_eq!(corrs.len(), 3);
         assert_eq!(corrs[1..], ["corr-bootstrap", "corr-agent"]);

@@ -162,7 +162,14 @@ mod tests {
         let d = child(&b, "WorkflowStepReady", 50);
         let e = child(&c, "AgentTaskAssigned", 31);
         let f = child(&e, "AgentTaskCompleted", 40);
-        let g1 = CausalGraph::from_slice(&[a.clone(), b.clone(), c.clone(), d.clone(), e.clone(), f.clone()]);
+        let g1 = CausalGraph::from_slice(&[
+            a.clone(),
+            b.clone(),
+            c.clone(),
+            d.clone(),
+            e.clone(),
+            f.clone(),
+        ]);
         let cp = g1.critical_path().unwrap();
         assert_eq!(cp.ids(), vec![&a.event_id, &b.event_id, &d.event_id]);
         assert_eq!(cp.duration_ms(), 50.0);
@@ -170,7 +177,14 @@ mod tests {
         let r2 = root("TenantProvisioned", 5);
         let x = child(&r2, "UsageRecorded", 60);
         let g2 = CausalGraph::from_slice(&[
-            a.clone(), b.clone(), c.clone(), d.clone(), e.clone(), f.clone(), r2.clone(), x.clone(),
+            a.clone(),
+            b.clone(),
+            c.clone(),
+            d.clone(),
+            e.clone(),
+            f.clone(),
+            r2.clone(),
+            x.clone(),
         ]);
         let cp = g2.critical_path().unwrap();
         assert_eq!(cp.ids(), vec![&r2.event_id, &x.event_id]);
@@ -202,6 +216,9 @@ mod tests {
     #[test]
     fn millis_precision() {
         assert_eq!(millis(TimeDelta::microseconds(1234)), 1.234);
-        assert_eq!(millis(TimeDelta::days(365 * 400)), 365.0 * 400.0 * 86_400_000.0);
+        assert_eq!(
+            millis(TimeDelta::days(365 * 400)),
+            365.0 * 400.0 * 86_400_000.0
+        );
     }
 }

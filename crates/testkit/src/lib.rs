@@ -1,1 +1,15 @@
-//! eventyard testkit: conformance suites every backend must pass, and service helpers.
+//! eventyard testkit: conformance suites every backend must pass, and test helpers.
+//!
+//! - [`conformance`] — the transport conformance suite: one case per rule of the
+//!   [`Transport`](eventyard_core::Transport) contract, run against a backend through a
+//!   [`conformance::TransportFactory`] with [`transport_conformance!`].
+//! - [`memory`] — [`memory::MemoryTransport`], an in-memory transport honouring the whole
+//!   contract, for unit tests (and [`memory::MemoryFactory`] to run the suite on it).
+//! - [`helpers`] — sample envelopes and messages, receiving with deadlines.
+
+pub mod conformance;
+pub mod helpers;
+mod macros;
+pub mod memory;
+
+pub use helpers::{assert_nothing, message, receive_exactly, sample_envelope};

@@ -45,13 +45,12 @@ pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
 /// The capabilities of [`MemoryTransport`].
 fn memory_capabilities() -> Capabilities {
-    Capabilities {
-        name: "memory",
-        persistent: false,
-        atomic_batch: true,
-        release_on_drop: true,
-        max_message_size: MAX_MESSAGE_SIZE,
-    }
+    let mut caps = Capabilities::new("memory");
+    caps.persistent = false;
+    caps.atomic_batch = true;
+    caps.release_on_drop = true;
+    caps.max_message_size = MAX_MESSAGE_SIZE;
+    caps
 }
 
 /// `now + d`, saturating far in the future instead of overflowing.
@@ -656,5 +655,39 @@ impl Drop for MemorySettle {
             queue.release(self.seq, now, now);
             queue.notify.notify_waiters();
         }
+    }
+}
+
+/// A [`TransportFactory`](crate::conformance::TransportFactory) over one in-memory broker:
+/// each [`connect`](crate::conformance::TransportFactory::connect) is a
+/// [`MemoryTransport::reconnect`] onto it; names are made unique with a counter.
+///
+/// ```ignore
+/// eventyard_testkit::transport_conformance!(eventyard_testkit::memory::MemoryFactory::new());
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryFactory {
+    broker: MemoryTransport,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryFactory {
+    /// A factory over a new, empty in-memory broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl crate::conformance::TransportFactory for MemoryFactory {
+    async fn connect(&self) -> Arc<dyn Transport> {
+        Arc::new(self.broker.reconnect())
+    }
+
+    fn unique(&self, base: &str) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{base}-{n}")
     }
 }

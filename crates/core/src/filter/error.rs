@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum FilterError {
     /// The SQL filter expression is not valid.
-    #[error("invalid SQL filter {expression:?}: {message}")]
+    #[error("invalid SQL filter {}: {message}", abbreviate(expression))]
     Parse {
         /// The expression as given.
         expression: String,
@@ -43,4 +43,13 @@ fn floor_char_boundary(s: &str, mut index: usize) -> usize {
         index -= 1;
     }
     index
+}
+
+/// The expression quoted for an error message, shortened if long.
+fn abbreviate(expression: &str) -> String {
+    const MAX_CHARS: usize = 80;
+    match expression.char_indices().nth(MAX_CHARS) {
+        None => format!("{expression:?}"),
+        Some((end, _)) => format!("{:?}...", &expression[..end]),
+    }
 }

@@ -34,6 +34,7 @@
 //! [Service Bus SQL filter syntax]: https://learn.microsoft.com/azure/service-bus-messaging/service-bus-messaging-sql-filter
 
 mod ast;
+mod build;
 mod correlation;
 mod error;
 mod eval;

@@ -1,5 +1,5 @@
 //! The transport conformance suite: one `pub async fn` per rule of the
-//! [`Transport`](eventyard_core::Transport) contract, each taking a [`TransportFactory`].
+//! [`Transport`] contract, each taking a [`TransportFactory`].
 //!
 //! Every backend runs the same cases with [`transport_conformance!`](crate::transport_conformance),
 //! which expands to one `#[tokio::test]` per case:
@@ -74,8 +74,9 @@ pub use lifecycle::{
     persistence_across_reconnect, unknown_subscription,
 };
 pub use publishing::{
-    batch_publish_preserves_order, each_subscription_gets_a_copy, message_too_large_is_rejected,
-    message_published_before_subscription_is_not_delivered, publish_receive_round_trip,
+    batch_publish_preserves_order, each_subscription_gets_a_copy,
+    message_published_before_subscription_is_not_delivered, message_too_large_is_rejected,
+    publish_receive_round_trip,
 };
 pub use receiving::{
     competing_consumers, empty_receive_returns_within_wait, receive_wakes_on_publish,
@@ -160,7 +161,16 @@ impl Fixture {
         base: &str,
         configure: impl FnOnce(SubscriptionSpec) -> SubscriptionSpec,
     ) -> Fixture {
-        let transport = factory.connect().await;
+        Fixture::on(factory.connect().await, factory, base, configure).await
+    }
+
+    /// As [`Fixture::new`], on an already connected transport.
+    pub async fn on(
+        transport: Arc<dyn Transport>,
+        factory: &dyn TransportFactory,
+        base: &str,
+        configure: impl FnOnce(SubscriptionSpec) -> SubscriptionSpec,
+    ) -> Fixture {
         let topic = factory.unique(base);
         let name = factory.unique(&format!("{base}-s"));
         let spec = configure(SubscriptionSpec::new(topic, name));

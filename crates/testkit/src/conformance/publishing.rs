@@ -46,7 +46,10 @@ pub async fn publish_receive_round_trip(factory: &dyn TransportFactory) {
         .envelope()
         .expect("the received body is a valid envelope");
     assert_eq!(received, envelope, "envelope changed in transit");
-    assert_eq!(delivery.delivery_count, 1, "first delivery must have count 1");
+    assert_eq!(
+        delivery.delivery_count, 1,
+        "first delivery must have count 1"
+    );
     assert_eq!(delivery.subscription, fx.name());
     let skew = chrono::Duration::seconds(30);
     assert!(
@@ -63,7 +66,16 @@ pub async fn publish_receive_round_trip(factory: &dyn TransportFactory) {
 pub async fn batch_publish_preserves_order(factory: &dyn TransportFactory) {
     let fx = Fixture::new(factory, "batch-order", |s| s).await;
     let first: Vec<OutgoingMessage> = (0..20)
-        .map(|i| message("tenant-a", if i % 2 == 0 { "OrderPlaced" } else { "OrderShipped" }))
+        .map(|i| {
+            message(
+                "tenant-a",
+                if i % 2 == 0 {
+                    "OrderPlaced"
+                } else {
+                    "OrderShipped"
+                },
+            )
+        })
         .collect();
     let second: Vec<OutgoingMessage> = (0..5).map(|_| message("tenant-b", "OrderPlaced")).collect();
     let expected: Vec<String> = first.iter().chain(&second).map(outgoing_event_id).collect();
@@ -178,12 +190,19 @@ pub async fn message_too_large_is_rejected(factory: &dyn TransportFactory) {
         body: Bytes::from(vec![b'x'; max + 1]),
         properties: properties.clone(),
     });
-    match fx.transport.publish(fx.topic(), vec![too_big.clone()]).await {
+    match fx
+        .transport
+        .publish(fx.topic(), vec![too_big.clone()])
+        .await
+    {
         Err(TransportError::MessageTooLarge { size, max: limit }) => {
             assert_eq!(size, max + 1, "MessageTooLarge.size");
             assert_eq!(limit, max, "MessageTooLarge.max");
         }
-        other => panic!("expected MessageTooLarge for {} bytes, got {other:?}", max + 1),
+        other => panic!(
+            "expected MessageTooLarge for {} bytes, got {other:?}",
+            max + 1
+        ),
     }
 
     let mut rx = fx.receiver().await;
@@ -198,7 +217,10 @@ pub async fn message_too_large_is_rejected(factory: &dyn TransportFactory) {
         max,
         "a body of max_message_size must be delivered intact"
     );
-    assert!(got[0].message.body == fits.body, "large body changed in transit");
+    assert!(
+        got[0].message.body == fits.body,
+        "large body changed in transit"
+    );
     ack_all(got).await;
 
     let small = message("tenant-a", "OrderPlaced");
