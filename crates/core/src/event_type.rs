@@ -133,6 +133,9 @@ const IRREGULAR_PAST: &[&str] = &[
     "Overcome",
 ];
 
+/// Particles of phrasal verbs accepted after the past-tense verb (`RolledBack`, `SignedUp`).
+const PARTICLES: &[&str] = &["Back", "Up", "Out", "Down", "Off", "Over", "In", "Away"];
+
 /// A validated message type name (the catalog key and the `cs-event-type` property).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventType(String);
@@ -175,10 +178,12 @@ impl EventType {
 fn split_version(name: &str) -> (&str, Option<u32>) {
     if let Some(pos) = name.rfind('V') {
         let digits = &name[pos + 1..];
-        if pos > 0 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = digits.parse::<u32>() {
-                return (&name[..pos], Some(n));
-            }
+        if pos > 0
+            && !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = digits.parse::<u32>()
+        {
+            return (&name[..pos], Some(n));
         }
     }
     (name, None)
@@ -222,8 +227,13 @@ fn check(name: &str, kind: MessageKind) -> Result<(), String> {
         });
     }
     if kind == MessageKind::Event {
-        let last = w[w.len() - 1];
-        if !(last.ends_with("ed") || IRREGULAR_PAST.contains(&last)) {
+        // A phrasal verb may end in a particle: `RuntimeDeploymentRolledBack`, `TenantSignedUp`.
+        let mut last = w[w.len() - 1];
+        if PARTICLES.contains(&last) && w.len() >= 3 {
+            last = w[w.len() - 2];
+        }
+        let past = |x: &str| x.ends_with("ed") || IRREGULAR_PAST.contains(&x);
+        if !past(last) {
             return Err(format!(
                 "must end in a past-tense verb (NounVerbPastTense, e.g. ArtifactCreated); `{last}` is not"
             ));
@@ -273,6 +283,7 @@ mod tests {
             "PullRequestOpened",
             "ArtifactCreatedV2",
             "RuntimeDeploymentRolledBack",
+            "TenantSignedUp",
         ] {
             EventType::event(n).unwrap_or_else(|e| panic!("{n}: {e}"));
         }
@@ -288,6 +299,8 @@ mod tests {
             "Artifact_Created",
             "ArtifactCreatedV1",
             "artifactCreated",
+            "DeploymentBack",
+            "RuntimeDeploymentRollBack",
         ] {
             assert!(EventType::event(n).is_err(), "{n} accepted");
         }

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod properties;
 pub mod transport;
 
+pub use cloudevents::CloudEvent;
 pub use envelope::Envelope;
 pub use error::{EnvelopeError, IdError};
 pub use event::Event;
