@@ -86,6 +86,13 @@ fn convert(
         return FilterError::parse(input, start, what);
     }
     let expected = match &error.variant {
+        // The only tracked negative lookahead: an operator after `( condition )`.
+        ErrorVariant::ParsingError {
+            positives,
+            negatives,
+        } if positives.is_empty() && !negatives.is_empty() => {
+            "a condition in parentheses cannot be used as a value".to_owned()
+        }
         ErrorVariant::ParsingError { positives, .. } => expected(positives),
         // pest's own guard ("stack limit reached") on a thread with a very small stack.
         ErrorVariant::CustomError { message } if message.contains("limit") => {
@@ -93,7 +100,7 @@ fn convert(
         }
         ErrorVariant::CustomError { message } => message.clone(),
     };
-    let rest = &input[position.min(input.len())..];
+    let rest = input.get(position..).unwrap_or_default();
     let what = match found(rest) {
         None if input.trim().is_empty() => format!("empty expression: {expected}"),
         None => format!("unexpected end of expression: {expected}"),

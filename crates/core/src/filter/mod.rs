@@ -1,5 +1,5 @@
 //! Subscription filters: Azure Service Bus's SQL filter language and correlation filters,
-//! evaluated over message [`Properties`](crate::Properties).
+//! evaluated over message [`Properties`].
 //!
 //! A filter only ever looks at properties, never at the payload, so a transport can apply it
 //! natively ([`Filter::exact_matches`] for header bindings, the SQL text for Service Bus rules)
@@ -14,7 +14,8 @@
 //!   `"`), optionally scoped: `user.name` is the same as `name`; `sys.MessageId`,
 //!   `sys.CorrelationId` and `sys.Label`/`sys.Subject` read `cs-event-id`,
 //!   `cs-correlation-id` and `cs-event-type`, any other `sys.` property is always absent.
-//!   Property names are case-sensitive; keywords and `sys.` names are not.
+//!   Property names are case-sensitive; keywords and `sys.` names are not. An unbracketed
+//!   `cs-tenant-id` is rejected with a hint rather than read as `cs - tenant - id`.
 //! - **Literals**: `'text'` (`''` for a quote), integers (64-bit), decimals and scientific
 //!   notation (`1.5`, `.5`, `1e3`: 64-bit floats), `TRUE`, `FALSE`, `NULL`.
 //! - **Conditions**: `=`, `<>` (or `!=`), `<`, `<=`, `>`, `>=`; `x [NOT] IN (v, ...)`;
@@ -22,6 +23,8 @@
 //!   `property IS [NOT] NULL`; `EXISTS(property)`; `NOT`, `AND`, `OR`, parentheses; a bare
 //!   `TRUE` or `FALSE`. Precedence, tightest first: comparisons, `NOT`, `AND`, `OR`.
 //! - **Arithmetic** on numbers: `+ - * / %` and unary `-`/`+` (integer division for integers).
+//! - **Limits**: at most 16 parentheses open at once and a syntax tree at most 128 levels deep
+//!   (`AND`/`OR` chains are flat and do not count), so untrusted input cannot exhaust the stack.
 //!
 //! Evaluation follows Service Bus's three-valued logic: an absent property is *unknown*, and so
 //! is every comparison, arithmetic, `IN` or `LIKE` involving it; comparing a string with a
