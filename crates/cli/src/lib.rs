@@ -48,7 +48,7 @@ pub enum Command {
     /// Run the reference factory scenario (SPEC §7) on the embedded broker and print its causal chain.
     Demo(demo::DemoArgs),
     /// Publish one envelope (fields as flags, or JSON envelopes on stdin, one per line).
-    Publish(publish::PublishArgs),
+    Publish(Box<publish::PublishArgs>),
     /// Print what a subscription receives as JSON lines, settling each message.
     Tail(tail::TailArgs),
     /// Benchmarks that print ratios against a raw baseline measured in the same run.
@@ -93,7 +93,7 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(a) => demo::run(a).await,
-        Command::Publish(a) => publish::run(a).await,
+        Command::Publish(a) => publish::run(*a).await,
         Command::Tail(a) => tail::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }

@@ -181,11 +181,11 @@ pub async fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         };
         for n in 0..a.repeat.max(1) {
             let (mut env, mut msg) = (env.clone(), msg.clone());
-            if n > 0 {
-                if let Some(e) = env.as_mut() {
-                    e.event_id = EventId::generate();
-                    msg = Message::from_envelope(e);
-                }
+            if n > 0
+                && let Some(e) = env.as_mut()
+            {
+                e.event_id = EventId::generate();
+                msg = Message::from_envelope(e);
             }
             transport
                 .publish(

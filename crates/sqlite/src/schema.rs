@@ -54,13 +54,14 @@ CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
 /// not a database or belongs to another application.
 pub fn open(cfg: &SqliteConfig) -> Result<Connection, TransportError> {
     let path = cfg.path.display().to_string();
-    if let Some(parent) = cfg.path.parent() {
-        if !parent.as_os_str().is_empty() && !parent.exists() {
-            return Err(TransportError::InvalidDataFile {
-                path,
-                reason: format!("directory {} does not exist", parent.display()),
-            });
-        }
+    if let Some(parent) = cfg.path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        return Err(TransportError::InvalidDataFile {
+            path,
+            reason: format!("directory {} does not exist", parent.display()),
+        });
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
