@@ -50,3 +50,34 @@ async fn publish_receive_ack() {
     assert_eq!(stats[0].available + stats[0].pending, 0);
     b.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_file_locked_by_another_process_gives_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locked.db");
+    let mut cfg = SqliteConfig::new(&path);
+    cfg.busy_timeout = Duration::from_millis(200);
+    let b = SqliteBroker::open(cfg.clone()).unwrap();
+    b.ensure_subscription(&SubscriptionSpec::new("ProjectCreated", "s"))
+        .await
+        .unwrap();
+    // Another connection (as another process would) holds the write lock.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let err = b
+        .publish("ProjectCreated", vec![msg("acme").into()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, eventyard_core::TransportError::Locked { .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("locked by another process"), "{err}");
+    // Once released, the same handle works again.
+    other.execute_batch("COMMIT").unwrap();
+    b.publish("ProjectCreated", vec![msg("acme").into()])
+        .await
+        .unwrap();
+    assert_eq!(b.stats().await.unwrap()[0].available, 1);
+}
