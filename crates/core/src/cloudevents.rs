@@ -45,7 +45,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::envelope::{Envelope, KIND_HEADER};
+use crate::envelope::{Envelope, KIND_HEADER, json_kind};
 use crate::error::EnvelopeError;
 use crate::event_type::{EventType, MessageKind};
 use crate::ids::{CorrelationId, EventId, ModuleId, ProjectId, TenantId, TraceId};
@@ -138,17 +138,6 @@ pub struct CloudEvent {
 
 fn ce_err(message: impl Into<String>) -> EnvelopeError {
     EnvelopeError::CloudEvent(message.into())
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 /// Checks an extension attribute name: lowercase ASCII letters and digits, 1–20 characters

@@ -1,6 +1,19 @@
 //! `yard bench`: benchmarks that print ratios against a raw baseline measured in the same run.
+//!
+//! See `/work/shared/perf/TARGETS.md` (R7) for the method: every figure is a ratio against a
+//! raw baseline measured in the same process, with the same pragmas and row contents.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+pub mod baseline;
+pub mod broker;
+pub mod embedded;
+pub mod latency;
+pub mod workload;
+
+pub use embedded::{EmbeddedReport, run_embedded};
 
 /// Arguments of `yard bench`.
 #[derive(Debug, clap::Args)]
@@ -17,17 +30,75 @@ pub enum Which {
     Embedded(EmbeddedArgs),
 }
 
+/// `PRAGMA synchronous` for both the baseline and the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// `synchronous=FULL`: every commit is fsync'd (the broker's default).
+    Full,
+    /// `synchronous=NORMAL`: WAL synced at checkpoints only.
+    Normal,
+    /// `synchronous=OFF`: syncing left to the OS.
+    Off,
+}
+
+impl SyncMode {
+    /// The broker setting.
+    pub fn to_broker(self) -> eventyard::sqlite::Synchronous {
+        match self {
+            SyncMode::Full => eventyard::sqlite::Synchronous::Full,
+            SyncMode::Normal => eventyard::sqlite::Synchronous::Normal,
+            SyncMode::Off => eventyard::sqlite::Synchronous::Off,
+        }
+    }
+
+    /// The pragma value (`FULL`, `NORMAL`, `OFF`).
+    pub fn as_str(self) -> &'static str {
+        self.to_broker().as_str()
+    }
+}
+
 /// Arguments of `yard bench embedded`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct EmbeddedArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Messages per throughput run (baseline and broker alike).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: u64,
+    /// Throughput runs of each side; the report gives medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// `PRAGMA synchronous` for both sides (journal_mode is always WAL).
+    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
+    pub synchronous: SyncMode,
+    /// Rows per cycle of the baseline loop, and messages per publish call of the broker run.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    /// Concurrent publisher tasks in the broker run.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub publishers: u64,
+    /// Consumer concurrency (handlers running at once = messages locked at once).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+    /// Size of the envelope's JSON payload, in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Latency run: messages per second, published open-loop on a fixed schedule.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Latency run: how long to publish (`5s`, `500ms`, or seconds).
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    pub seconds: Duration,
+    /// Directory for the temporary data files (default: the system temp directory). Use a
+    /// directory on the disk you care about: a tmpfs makes fsync free.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Runs a benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
-        Which::Embedded(_a) => anyhow::bail!("not implemented yet"),
+        Which::Embedded(a) => embedded::run(a).await,
     }
 }
