@@ -34,7 +34,7 @@
 //! | `abandon(d)` is a scheduled redelivery: the receiver is not blocked meanwhile | [`abandon_with_delay_does_not_block_receiver`] |
 //! | an unsettled message becomes available again when its lock expires, not before | [`lock_expiry_redelivers`] |
 //! | settling after the lock expired and the message was redelivered fails with `LockLost` | [`settle_after_lock_lost_fails`] |
-//! | a delivery dropped unsettled is released (at once with `release_on_drop`, else at lock expiry) | [`dropped_delivery_is_released`] |
+//! | a delivery dropped unsettled is released (at once with `release_on_drop`, else by lock expiry) | [`dropped_delivery_is_released`] |
 //! | more than `max_delivery_count` deliveries → dead-letter sub-queue, reason `MaxDeliveryCountExceeded`, body intact | [`max_delivery_count_dead_letters`] |
 //! | `dead_letter` moves to the sub-queue with `cs-dead-letter-reason`/`-description`/`-source`; DLQ uses peek-lock too | [`explicit_dead_letter`] |
 //! | SQL filters are evaluated over the properties at publish | [`sql_filter`] |
