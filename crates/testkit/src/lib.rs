@@ -11,5 +11,6 @@ pub mod conformance;
 pub mod helpers;
 mod macros;
 pub mod memory;
+pub mod services;
 
 pub use helpers::{assert_nothing, message, receive_exactly, sample_envelope};

@@ -14,9 +14,38 @@
 /// // crates/<backend>/tests/conformance.rs
 /// eventyard_testkit::transport_conformance!(MyBackendFactory::new());
 /// ```
+///
+/// For a backend on an external engine, name the [`Service`](crate::services::Service) and give
+/// a closure from its URL to the factory; each case then skips (outside CI) or fails (under CI)
+/// when the engine is absent:
+///
+/// ```ignore
+/// eventyard_testkit::transport_conformance!(
+///     service = eventyard_testkit::services::Service::Amqp,
+///     |url: String| AmqpFactory::new(url)
+/// );
+/// ```
 #[macro_export]
 macro_rules! transport_conformance {
+    (service = $service:expr, $make:expr $(,)?) => {
+        $crate::__transport_conformance_list! {
+            {
+                let Some(url) = $crate::services::require($service) else { return; };
+                ($make)(url)
+            }
+        }
+    };
     ($factory:expr $(,)?) => {
+        $crate::__transport_conformance_list! { $factory }
+    };
+}
+
+/// Implementation detail of [`transport_conformance!`](crate::transport_conformance): the list
+/// of cases.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __transport_conformance_list {
+    ($factory:expr) => {
         $crate::__transport_conformance_cases! {
             $factory;
             // publishing

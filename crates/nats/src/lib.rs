@@ -1,0 +1,1 @@
+//! eventyard transport over NATS JetStream (async-nats).
