@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod demo;
+pub mod dlq;
 pub mod duration;
 pub mod publish;
 pub mod tail;
@@ -51,6 +52,8 @@ pub enum Command {
     Publish(Box<publish::PublishArgs>),
     /// Print what a subscription receives as JSON lines, settling each message.
     Tail(tail::TailArgs),
+    /// Inspect and operate dead-letter queues: list, groups, show, replay, purge.
+    Dlq(dlq::DlqArgs),
     /// Benchmarks that print ratios against a raw baseline measured in the same run.
     Bench(bench::BenchArgs),
 }
@@ -96,5 +99,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(a) => publish::run(*a).await,
         Command::Tail(a) => tail::run(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Dlq(a) => dlq::run(a).await,
     }
 }

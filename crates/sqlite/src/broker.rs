@@ -92,6 +92,35 @@ impl SqliteBroker {
         }
     }
 
+    /// Runs `work` on the store's thread inside its transaction (in a savepoint of its own), so
+    /// that the application's state changes commit atomically with the broker's own writes of the
+    /// same group commit. Returns `Ok(Err(e))` when `work` failed (its changes are rolled back)
+    /// and `Err` when the store itself failed (nothing was committed).
+    ///
+    /// `work` runs on the writer thread: keep it short (a few statements); it delays every other
+    /// command of this broker while it runs. A panic in `work` is caught and reported.
+    pub async fn transaction<T, E, F>(&self, work: F) -> Result<Result<T, E>, TransportError>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let f: crate::ops::ExecFn = Box::new(move |tx| match work(tx) {
+            Ok(v) => Ok(Box::new(v) as Box<dyn std::any::Any + Send>),
+            Err(e) => Err(Box::new(e) as Box<dyn std::any::Any + Send>),
+        });
+        let work = std::sync::Mutex::new(Some(f));
+        let r = writer::call(self.sender()?, |reply| Cmd::Exec { work, reply }).await?;
+        let wrong = || TransportError::Backend {
+            backend: "sqlite",
+            message: "internal: result of the wrong type".into(),
+        };
+        Ok(match r {
+            Ok(v) => Ok(*v.downcast::<T>().map_err(|_| wrong())?),
+            Err(e) => Err(*e.downcast::<E>().map_err(|_| wrong())?),
+        })
+    }
+
     /// Message counts of every subscription (available, pending, dead-lettered).
     pub async fn stats(&self) -> Result<Vec<SubscriptionStats>, TransportError> {
         writer::call(self.sender()?, |reply| Cmd::Stats { reply }).await

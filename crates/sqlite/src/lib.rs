@@ -13,6 +13,7 @@
 
 mod broker;
 mod config;
+pub mod dlq;
 mod error;
 mod ops;
 mod schema;
@@ -22,3 +23,5 @@ mod writer;
 pub use broker::SqliteBroker;
 pub use config::{SqliteConfig, Synchronous};
 pub use ops::SubscriptionStats;
+/// The SQLite engine, re-exported so applications use the same version in [`SqliteBroker::transaction`].
+pub use rusqlite;

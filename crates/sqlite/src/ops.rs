@@ -122,6 +122,13 @@ pub enum Cmd {
         /// Reply.
         reply: Tx<Vec<SubscriptionStats>>,
     },
+    /// Run a closure inside the writer's transaction, in its own savepoint.
+    Exec {
+        /// The work; taken on execution.
+        work: std::sync::Mutex<Option<ExecFn>>,
+        /// Reply: the closure's result (Ok or its own error, which rolled its savepoint back).
+        reply: Tx<ExecResult>,
+    },
     /// Stop the writer after the commands before this one.
     Shutdown {
         /// Reply.
@@ -129,8 +136,16 @@ pub enum Cmd {
     },
 }
 
+/// A closure's result: Ok, or its own error after its savepoint was rolled back.
+pub type ExecResult = Result<Box<dyn std::any::Any + Send>, Box<dyn std::any::Any + Send>>;
+
+/// Work run on the writer thread inside the current transaction.
+pub type ExecFn = Box<dyn FnOnce(&Transaction<'_>) -> ExecResult + Send>;
+
 /// A command's result, held until the transaction commits.
 pub enum Reply {
+    /// A closure's result.
+    Exec(ExecResult),
     /// Unit.
     Unit,
     /// Claim.
@@ -163,6 +178,7 @@ impl Cmd {
             (Cmd::Claim { reply, .. }, Reply::Claimed(c)) => send(reply, Ok(c)),
             (Cmd::Lookup { reply, .. }, Reply::Id(id)) => send(reply, Ok(id)),
             (Cmd::Stats { reply, .. }, Reply::Stats(s)) => send(reply, Ok(s)),
+            (Cmd::Exec { reply, .. }, Reply::Exec(r)) => send(reply, Ok(r)),
             (cmd, _) => cmd.fail(TransportError::Backend {
                 backend: "sqlite",
                 message: "internal: reply of the wrong kind".into(),
@@ -184,6 +200,7 @@ impl Cmd {
             Cmd::Claim { reply, .. } => send(reply, Err(e)),
             Cmd::Lookup { reply, .. } => send(reply, Err(e)),
             Cmd::Stats { reply } => send(reply, Err(e)),
+            Cmd::Exec { reply, .. } => send(reply, Err(e)),
             Cmd::Shutdown { reply } => {
                 let _ = reply.send(());
             }
@@ -272,6 +289,10 @@ pub fn apply(
             })),
         },
         Cmd::Stats { .. } => Ok(Reply::Stats(stats(tx, topology, now)?)),
+        Cmd::Exec { work, .. } => {
+            *woke = true; // the work may have made messages available (e.g. a replay)
+            exec(tx, work)
+        }
         Cmd::Shutdown { .. } => Ok(Reply::Unit),
     }
 }
@@ -571,4 +592,40 @@ fn stats(
     }
     out.sort_by(|a, b| (&a.topic, &a.subscription).cmp(&(&b.topic, &b.subscription)));
     Ok(out)
+}
+
+fn exec(tx: &Transaction<'_>, work: &std::sync::Mutex<Option<ExecFn>>) -> Result<Reply, OpError> {
+    let f = work
+        .lock()
+        .ok()
+        .and_then(|mut g| g.take())
+        .ok_or_else(|| {
+            OpError::Transport(TransportError::Backend {
+                backend: "sqlite",
+                message: "the transaction this work ran in was aborted; run it again".into(),
+            })
+        })?;
+    tx.execute_batch("SAVEPOINT exec")?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
+        Ok(Ok(v)) => {
+            tx.execute_batch("RELEASE exec")?;
+            Ok(Reply::Exec(Ok(v)))
+        }
+        Ok(Err(e)) => {
+            tx.execute_batch("ROLLBACK TO exec; RELEASE exec")?;
+            Ok(Reply::Exec(Err(e)))
+        }
+        Err(panic) => {
+            tx.execute_batch("ROLLBACK TO exec; RELEASE exec")?;
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            Err(OpError::Transport(TransportError::Backend {
+                backend: "sqlite",
+                message: format!("transaction work panicked: {msg}"),
+            }))
+        }
+    }
 }

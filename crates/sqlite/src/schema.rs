@@ -47,6 +47,25 @@ CREATE TABLE IF NOT EXISTS messages (
     dl_at          INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
+CREATE TABLE IF NOT EXISTS inbox (
+    key        TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    handler    TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    result     TEXT NOT NULL,
+    handled_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_handled_at ON inbox (handled_at);
+CREATE TABLE IF NOT EXISTS dlq_audit (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    query    TEXT NOT NULL,
+    affected INTEGER NOT NULL,
+    dry_run  INTEGER NOT NULL,
+    detail   TEXT
+);
 ";
 
 /// Opens (creating if needed) the data file with WAL, the configured `synchronous` and busy

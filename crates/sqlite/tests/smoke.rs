@@ -81,3 +81,46 @@ async fn a_file_locked_by_another_process_gives_a_typed_error() {
         .unwrap();
     assert_eq!(b.stats().await.unwrap()[0].available, 1);
 }
+
+#[tokio::test]
+async fn application_work_commits_or_rolls_back_in_the_store_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBroker::open(SqliteConfig::new(dir.path().join("tx.db"))).unwrap();
+    b.transaction(|tx| tx.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)"))
+        .await
+        .unwrap()
+        .unwrap();
+    let ok: Result<usize, rusqlite::Error> = b
+        .transaction(|tx| tx.execute("INSERT INTO orders (total) VALUES (10)", []))
+        .await
+        .unwrap();
+    assert_eq!(ok.unwrap(), 1);
+    // The closure's own error rolls back only its own writes.
+    let failed: Result<(), String> = b
+        .transaction(|tx| {
+            tx.execute("INSERT INTO orders (total) VALUES (20)", [])
+                .map_err(|e| e.to_string())?;
+            Err("business rule violated".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.unwrap_err(), "business rule violated");
+    // A panic is caught, rolled back, and the store keeps working.
+    let panicked = b
+        .transaction(|tx| -> Result<(), rusqlite::Error> {
+            tx.execute("INSERT INTO orders (total) VALUES (30)", [])?;
+            panic!("bug in application code")
+        })
+        .await;
+    assert!(panicked.unwrap_err().to_string().contains("bug in application code"));
+    let totals: Vec<i64> = b
+        .transaction(|tx| {
+            let mut s = tx.prepare("SELECT total FROM orders ORDER BY id")?;
+            let v = s.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>();
+            v
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(totals, vec![10]);
+}

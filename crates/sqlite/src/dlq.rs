@@ -1,0 +1,1 @@
+//! Dead-letter queue operations on the embedded store (being implemented).
