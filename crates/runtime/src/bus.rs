@@ -12,9 +12,11 @@ use eventyard_core::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::consumer::{self, ConsumerCounts, ConsumerOptions, ConsumerSpec, ConsumerStats};
 use crate::context::current_envelope;
 use crate::error::BusError;
+use crate::guard::TenantScope;
 use crate::handler::{EnvelopeHandler, Handler, Typed};
 use crate::retry::RetryPolicy;
 use crate::topology::{Router, TopologyStyle};
@@ -210,6 +212,8 @@ impl Bus {
             max_delivery_count: None,
             lock_duration: None,
             options: ConsumerOptions::default(),
+            handler_name: None,
+            tenant_scope: TenantScope::Any,
         }
     }
 
@@ -256,9 +260,30 @@ pub struct SubscriptionBuilder {
     max_delivery_count: Option<u32>,
     lock_duration: Option<Duration>,
     options: ConsumerOptions,
+    handler_name: Option<String>,
+    tenant_scope: TenantScope,
 }
 
 impl SubscriptionBuilder {
+    /// Names the handler (used in idempotency keys and fault context). Default: the
+    /// subscription name.
+    pub fn handler_name(mut self, name: impl Into<String>) -> Self {
+        self.handler_name = Some(name.into());
+        self
+    }
+
+    /// Restricts the handler to one tenant: the subscription filters on it, and the tenant guard
+    /// dead-letters (as a security fault) any envelope of another tenant that still arrives.
+    pub fn tenant(self, tenant: TenantId) -> Self {
+        self.tenant_scope(TenantScope::only(tenant))
+    }
+
+    /// Restricts the handler to a set of tenants (see [`SubscriptionBuilder::tenant`]).
+    pub fn tenant_scope(mut self, scope: TenantScope) -> Self {
+        self.tenant_scope = scope;
+        self
+    }
+
     /// Subscribes to this topic (default for typed handlers: the event's topic).
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topic = Some(topic.into());
@@ -358,8 +383,18 @@ impl SubscriptionBuilder {
             BusError::Config(format!("subscription `{}` needs a topic", self.name))
         })?;
         let mut spec = SubscriptionSpec::new(topic, self.name.clone()).scope(self.scope);
-        if let Some(f) = &self.filter {
-            spec = spec.filter(f.clone());
+        let filter = match (&self.filter, self.tenant_scope.filter_expression()) {
+            (f, None) => f.clone(),
+            (None | Some(Filter::All), Some(t)) => {
+                Some(Filter::sql(&t).map_err(|e| BusError::Config(e.to_string()))?)
+            }
+            (Some(f), Some(t)) => Some(
+                Filter::sql(&format!("({f}) AND {t}"))
+                    .map_err(|e| BusError::Config(e.to_string()))?,
+            ),
+        };
+        if let Some(f) = filter {
+            spec = spec.filter(f);
         }
         if let Some(n) = self.max_delivery_count {
             spec = spec.max_delivery_count(n);
@@ -379,10 +414,18 @@ impl SubscriptionBuilder {
             .receiver(&spec.topic, &spec.name, SubQueue::Main)
             .await?;
         let stats = Arc::new(ConsumerStats::default());
+        let breaker = self
+            .options
+            .circuit_breaker
+            .clone()
+            .map(|c| Arc::new(CircuitBreaker::new(c)));
         let cspec = ConsumerSpec {
             bus: self.bus.clone(),
             topic: spec.topic.clone(),
             subscription: Arc::from(spec.name.as_str()),
+            handler_name: Arc::from(self.handler_name.as_deref().unwrap_or(&spec.name)),
+            tenant_scope: self.tenant_scope.clone(),
+            breaker: breaker.clone(),
             handler,
             options: self.options,
             stats: stats.clone(),
@@ -401,7 +444,11 @@ impl SubscriptionBuilder {
             stats: stats.clone(),
             task: Some(task),
         });
-        Ok(Consumer { spec, stats })
+        Ok(Consumer {
+            spec,
+            stats,
+            breaker,
+        })
     }
 }
 
@@ -410,6 +457,7 @@ impl SubscriptionBuilder {
 pub struct Consumer {
     spec: SubscriptionSpec,
     stats: Arc<ConsumerStats>,
+    breaker: Option<Arc<CircuitBreaker>>,
 }
 
 impl Consumer {
@@ -421,5 +469,10 @@ impl Consumer {
     /// Its counters.
     pub fn counts(&self) -> ConsumerCounts {
         self.stats.snapshot()
+    }
+
+    /// Its circuit breaker's state, if it has one.
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.breaker.as_ref().map(|b| b.state())
     }
 }

@@ -20,8 +20,10 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::breaker::{CircuitBreaker, CircuitBreakerConfig, Permit};
 use crate::bus::Bus;
 use crate::context::{MessageContext, with_current};
+use crate::guard::TenantScope;
 use crate::handler::SharedHandler;
 use crate::outcome::{ErrorKind, HandlerError, Outcome};
 use crate::retry::RetryPolicy;
@@ -37,6 +39,9 @@ pub struct ConsumerOptions {
     pub shutdown_grace: Duration,
     /// Longest single wait for messages (the loop re-checks shutdown between waits). Default 1 s.
     pub receive_wait: Duration,
+    /// Circuit breaker for external-system failures; `None` disables it. Default: 5 consecutive
+    /// external failures open it for 30 s.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
 }
 
 impl Default for ConsumerOptions {
@@ -46,6 +51,7 @@ impl Default for ConsumerOptions {
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
             receive_wait: Duration::from_secs(1),
+            circuit_breaker: Some(CircuitBreakerConfig::default()),
         }
     }
 }
@@ -61,6 +67,8 @@ pub struct ConsumerStats {
     pub dead_lettered: AtomicU64,
     /// Settlements that failed (e.g. lock lost).
     pub settle_errors: AtomicU64,
+    /// Deliveries of a tenant outside the handler's scope (dead-lettered as security faults).
+    pub tenant_rejected: AtomicU64,
 }
 
 /// A snapshot of [`ConsumerStats`].
@@ -74,6 +82,8 @@ pub struct ConsumerCounts {
     pub dead_lettered: u64,
     /// Settlements that failed.
     pub settle_errors: u64,
+    /// Deliveries refused by the tenant guard.
+    pub tenant_rejected: u64,
 }
 
 impl ConsumerStats {
@@ -84,6 +94,7 @@ impl ConsumerStats {
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             settle_errors: self.settle_errors.load(Ordering::Relaxed),
+            tenant_rejected: self.tenant_rejected.load(Ordering::Relaxed),
         }
     }
 }
@@ -93,6 +104,9 @@ pub(crate) struct ConsumerSpec {
     pub(crate) bus: Bus,
     pub(crate) topic: String,
     pub(crate) subscription: Arc<str>,
+    pub(crate) handler_name: Arc<str>,
+    pub(crate) tenant_scope: TenantScope,
+    pub(crate) breaker: Option<Arc<CircuitBreaker>>,
     pub(crate) handler: SharedHandler,
     pub(crate) options: ConsumerOptions,
     pub(crate) stats: Arc<ConsumerStats>,
@@ -108,16 +122,34 @@ pub(crate) async fn run(
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
     'outer: while !*stop.borrow() {
+        // An open circuit takes nothing (messages stay queued); half-open takes one trial.
+        let permit = spec.breaker.as_ref().map_or(Permit::Flow, |b| b.permit());
+        if let Permit::Wait(d) = permit {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(d) => continue,
+            }
+        }
         // Claim only what can start now, so no message waits locked behind a full pipeline.
         let first = tokio::select! {
             _ = stop.changed() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let max = permits.available_permits() + 1;
+        let max = if permit == Permit::Trial {
+            1
+        } else {
+            permits.available_permits() + 1
+        };
         let batch = tokio::select! {
             _ = stop.changed() => break,
             b = receiver.receive(max, spec.options.receive_wait) => b,
         };
+        if permit == Permit::Trial
+            && batch.as_ref().map_or(true, |b| b.is_empty())
+            && let Some(b) = &spec.breaker
+        {
+            b.cancel_trial();
+        }
         let batch = match batch {
             Ok(b) => {
                 failures = 0;
@@ -180,19 +212,53 @@ fn host() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// What went wrong with one delivery, for the dead-letter context.
+struct Failure {
+    kind: ErrorKind,
+    chain: Vec<String>,
+}
+
 async fn process(spec: &ConsumerSpec, delivery: Delivery) {
     let attempt = delivery.delivery_count;
-    let (outcome, kind) = match delivery.message.envelope() {
+    let (outcome, failure) = match delivery.message.envelope() {
         Err(e) => (
             Outcome::DeadLetter {
                 reason: format!("MalformedEnvelope.{}", e.kind()),
                 description: e.to_string(),
             },
-            Some(ErrorKind::Validation),
+            Some(Failure {
+                kind: ErrorKind::Validation,
+                chain: vec![e.to_string()],
+            }),
         ),
+        Ok(envelope) if !spec.tenant_scope.allows(&envelope.tenant_id) => {
+            spec.stats.tenant_rejected.fetch_add(1, Ordering::Relaxed);
+            let msg = format!(
+                "envelope of tenant `{}` reached handler `{}`, whose scope excludes it",
+                envelope.tenant_id, spec.handler_name
+            );
+            tracing::warn!(subscription = %spec.subscription, event_id = %envelope.event_id, "{msg}");
+            (
+                Outcome::DeadLetter {
+                    reason: "TenantMismatch".into(),
+                    description: msg.clone(),
+                },
+                Some(Failure {
+                    kind: ErrorKind::Security,
+                    chain: vec![msg],
+                }),
+            )
+        }
         Ok(envelope) => {
-            let (outcome, kind) = run_handler(spec, envelope, attempt).await;
-            (outcome, kind)
+            let (outcome, err) = run_handler(spec, envelope, attempt).await;
+            if let Some(b) = &spec.breaker {
+                b.record(err.as_ref().map(|e| e.kind()));
+            }
+            let failure = err.map(|e| Failure {
+                kind: e.kind(),
+                chain: e.chain().to_vec(),
+            });
+            (outcome, failure)
         }
     };
     let settlement = match &outcome {
@@ -204,15 +270,7 @@ async fn process(spec: &ConsumerSpec, delivery: Delivery) {
         } => Settlement::DeadLetter(DeadLetterInfo {
             reason: reason.clone(),
             description: description.clone(),
-            context: serde_json::json!({
-                "errorKind": kind.map(ErrorKind::as_str),
-                "subscription": &*spec.subscription,
-                "topic": spec.topic,
-                "attempts": attempt,
-                "lastFailureAt": chrono::Utc::now().to_rfc3339(),
-                "host": host(),
-                "pid": std::process::id(),
-            }),
+            context: fault_context(spec, &delivery, reason, description, failure.as_ref()),
         }),
     };
     let counter = match &outcome {
@@ -231,6 +289,44 @@ async fn process(spec: &ConsumerSpec, delivery: Delivery) {
     }
 }
 
+/// The failure context stored with a dead letter (see `docs/ARCHITECTURE.md`).
+fn fault_context(
+    spec: &ConsumerSpec,
+    delivery: &Delivery,
+    reason: &str,
+    description: &str,
+    failure: Option<&Failure>,
+) -> serde_json::Value {
+    let now = chrono::Utc::now().to_rfc3339();
+    let kind = failure.map(|f| f.kind.as_str());
+    let first = delivery
+        .message
+        .properties
+        .get_str(FIRST_FAILURE_PROPERTY)
+        .map(str::to_owned)
+        .unwrap_or_else(|| now.clone());
+    serde_json::json!({
+        "handler": &*spec.handler_name,
+        "subscription": &*spec.subscription,
+        "topic": spec.topic,
+        "errorKind": kind,
+        "errors": failure.map(|f| f.chain.clone()).unwrap_or_else(|| vec![description.to_owned()]),
+        "fingerprint": eventyard_core::fault::fingerprint(
+            kind.unwrap_or(reason),
+            description,
+            &spec.handler_name,
+        ),
+        "attempts": delivery.delivery_count,
+        "firstFailureAt": first,
+        "lastFailureAt": now,
+        "host": host(),
+        "pid": std::process::id(),
+    })
+}
+
+/// Property a transport may carry across redeliveries with the time of the first failure.
+pub const FIRST_FAILURE_PROPERTY: &str = "cs-first-failure-at";
+
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -245,12 +341,13 @@ async fn run_handler(
     spec: &ConsumerSpec,
     envelope: Envelope,
     attempt: u32,
-) -> (Outcome, Option<ErrorKind>) {
+) -> (Outcome, Option<HandlerError>) {
     let envelope = Arc::new(envelope);
     let ctx = MessageContext::new(
         envelope.clone(),
         attempt,
         spec.subscription.clone(),
+        spec.handler_name.clone(),
         spec.bus.clone(),
     );
     let handler = spec.handler.clone();
@@ -262,18 +359,19 @@ async fn run_handler(
     };
     match with_current(envelope, AssertUnwindSafe(fut).catch_unwind()).await {
         Ok(Ok(())) => (Outcome::Ack, None),
-        Ok(Err(e)) => (classify(spec, &e, attempt), Some(e.kind())),
+        Ok(Err(e)) => (classify(spec, &e, attempt), Some(e)),
         Err(p) => panicked(&*p),
     }
 }
 
-fn panicked(p: &(dyn std::any::Any + Send)) -> (Outcome, Option<ErrorKind>) {
+fn panicked(p: &(dyn std::any::Any + Send)) -> (Outcome, Option<HandlerError>) {
+    let description = format!("handler panicked: {}", panic_message(p));
     (
         Outcome::DeadLetter {
             reason: "HandlerPanicked".into(),
-            description: format!("handler panicked: {}", panic_message(p)),
+            description: description.clone(),
         },
-        Some(ErrorKind::Panic),
+        Some(HandlerError::new(ErrorKind::Panic, description)),
     )
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use eventyard_core::{Envelope, Event, EventId, TenantId};
+use eventyard_core::{Envelope, Event, EventId, IdempotencyKey, TenantId};
 
 use crate::bus::Bus;
 use crate::error::BusError;
@@ -32,6 +32,7 @@ pub struct MessageContext {
     envelope: Arc<Envelope>,
     delivery_count: u32,
     subscription: Arc<str>,
+    handler_name: Arc<str>,
     bus: Bus,
 }
 
@@ -50,14 +51,33 @@ impl MessageContext {
         envelope: Arc<Envelope>,
         delivery_count: u32,
         subscription: Arc<str>,
+        handler_name: Arc<str>,
         bus: Bus,
     ) -> Self {
         MessageContext {
             envelope,
             delivery_count,
             subscription,
+            handler_name,
             bus,
         }
+    }
+
+    /// The handler's name (the subscription name unless set with
+    /// [`SubscriptionBuilder::handler_name`](crate::SubscriptionBuilder::handler_name)).
+    pub fn handler_name(&self) -> &str {
+        &self.handler_name
+    }
+
+    /// The idempotency key of this event for this handler and the aggregate it changes (SPEC §3):
+    /// `sha256(eventId ":" handlerName ":" targetAggregateId)`. A redelivery, a duplicate
+    /// publish or a replay of the same event gets the same key.
+    pub fn idempotency_key(&self, target_aggregate_id: &str) -> IdempotencyKey {
+        IdempotencyKey::new(
+            &self.envelope.event_id,
+            &self.handler_name,
+            target_aggregate_id,
+        )
     }
 
     /// The full envelope being handled.

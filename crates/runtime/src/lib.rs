@@ -3,20 +3,24 @@
 //! propagation of trace, correlation, tenant and causation from a handled event to the events
 //! its handler publishes. Generic over [`eventyard_core::Transport`].
 
+mod breaker;
 mod bus;
 mod consumer;
 mod context;
 mod error;
+mod guard;
 mod handler;
 mod outcome;
 mod retry;
 mod topology;
 
+pub use breaker::{BreakerState, CircuitBreaker, CircuitBreakerConfig};
 pub use bus::{Bus, Consumer, SubscriptionBuilder};
-pub use consumer::{ConsumerCounts, ConsumerOptions, ConsumerStats};
+pub use consumer::{ConsumerCounts, ConsumerOptions, ConsumerStats, FIRST_FAILURE_PROPERTY};
 pub use context::{MessageContext, current_envelope};
 pub use error::BusError;
+pub use guard::TenantScope;
 pub use handler::{EnvelopeHandler, Handler};
 pub use outcome::{ErrorKind, HandlerError, Outcome};
-pub use retry::RetryPolicy;
+pub use retry::{Backoff, RetryPolicy};
 pub use topology::TopologyStyle;

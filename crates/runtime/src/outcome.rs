@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// The class of a handler failure, which decides retry or dead-letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// May succeed later (timeouts, contention): retried with backoff.

@@ -15,6 +15,7 @@ mod broker;
 mod config;
 pub mod dlq;
 mod error;
+mod inbox;
 mod ops;
 mod schema;
 mod topology;
@@ -22,6 +23,7 @@ mod writer;
 
 pub use broker::SqliteBroker;
 pub use config::{SqliteConfig, Synchronous};
+pub use inbox::{Inbox, InboxError, InboxOutcome};
 pub use ops::SubscriptionStats;
 /// The SQLite engine, re-exported so applications use the same version in [`SqliteBroker::transaction`].
 pub use rusqlite;

@@ -595,16 +595,12 @@ fn stats(
 }
 
 fn exec(tx: &Transaction<'_>, work: &std::sync::Mutex<Option<ExecFn>>) -> Result<Reply, OpError> {
-    let f = work
-        .lock()
-        .ok()
-        .and_then(|mut g| g.take())
-        .ok_or_else(|| {
-            OpError::Transport(TransportError::Backend {
-                backend: "sqlite",
-                message: "the transaction this work ran in was aborted; run it again".into(),
-            })
-        })?;
+    let f = work.lock().ok().and_then(|mut g| g.take()).ok_or_else(|| {
+        OpError::Transport(TransportError::Backend {
+            backend: "sqlite",
+            message: "the transaction this work ran in was aborted; run it again".into(),
+        })
+    })?;
     tx.execute_batch("SAVEPOINT exec")?;
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
         Ok(Ok(v)) => {

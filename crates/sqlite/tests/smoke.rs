@@ -73,7 +73,10 @@ async fn a_file_locked_by_another_process_gives_a_typed_error() {
         "{err:?}"
     );
     assert!(err.is_transient());
-    assert!(err.to_string().contains("locked by another process"), "{err}");
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
     // Once released, the same handle works again.
     other.execute_batch("COMMIT").unwrap();
     b.publish("ProjectCreated", vec![msg("acme").into()])
@@ -86,10 +89,12 @@ async fn a_file_locked_by_another_process_gives_a_typed_error() {
 async fn application_work_commits_or_rolls_back_in_the_store_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let b = SqliteBroker::open(SqliteConfig::new(dir.path().join("tx.db"))).unwrap();
-    b.transaction(|tx| tx.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)"))
-        .await
-        .unwrap()
-        .unwrap();
+    b.transaction(|tx| {
+        tx.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)")
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let ok: Result<usize, rusqlite::Error> = b
         .transaction(|tx| tx.execute("INSERT INTO orders (total) VALUES (10)", []))
         .await
@@ -112,11 +117,18 @@ async fn application_work_commits_or_rolls_back_in_the_store_transaction() {
             panic!("bug in application code")
         })
         .await;
-    assert!(panicked.unwrap_err().to_string().contains("bug in application code"));
+    assert!(
+        panicked
+            .unwrap_err()
+            .to_string()
+            .contains("bug in application code")
+    );
     let totals: Vec<i64> = b
         .transaction(|tx| {
             let mut s = tx.prepare("SELECT total FROM orders ORDER BY id")?;
-            let v = s.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>();
+            let v = s
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>();
             v
         })
         .await

@@ -1,0 +1,148 @@
+//! Fault identity shared by the runtime (which dead-letters) and the stores (which group dead
+//! letters): fingerprints of failures and idempotency keys of handlers.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::ids::EventId;
+
+/// Replaces what varies between occurrences of the same fault — ids (UUIDs, `evt-…`-style
+/// prefixed ids) and runs of digits — so that similar failures share a fingerprint.
+pub fn normalize_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for word in message.split_inclusive(|c: char| c.is_whitespace() || "\"'`,;()[]{}".contains(c)) {
+        let (token, sep) = match word.char_indices().last() {
+            Some((i, c)) if c.is_whitespace() || "\"'`,;()[]{}".contains(c) => word.split_at(i),
+            _ => (word, ""),
+        };
+        if looks_like_id(token) {
+            out.push_str("<id>");
+        } else {
+            let mut in_digits = false;
+            for c in token.chars() {
+                if c.is_ascii_digit() {
+                    if !in_digits {
+                        out.push('#');
+                    }
+                    in_digits = true;
+                } else {
+                    in_digits = false;
+                    out.push(c);
+                }
+            }
+        }
+        out.push_str(sep);
+    }
+    out
+}
+
+fn looks_like_id(token: &str) -> bool {
+    let hex_run = token
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|p| p.len() >= 4)
+        .map(str::len)
+        .sum::<usize>();
+    let has_digit = token.bytes().any(|b| b.is_ascii_digit());
+    // A UUID, or a prefixed id such as evt-0190b6a2-7c1e-…
+    (hex_run >= 24 && has_digit) || uuid::Uuid::try_parse(token).is_ok()
+}
+
+/// Groups similar faults: the first 12 hex characters of
+/// `sha256(kind + "|" + normalize_message(message) + "|" + handler)`.
+pub fn fingerprint(kind: &str, message: &str, handler: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update(b"|");
+    h.update(normalize_message(message).as_bytes());
+    h.update(b"|");
+    h.update(handler.as_bytes());
+    hex(&h.finalize())[..12].to_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key an idempotent consumer dedups on (SPEC §3):
+/// `sha256(eventId + ":" + handlerName + ":" + targetAggregateId)`, as 64 hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Computes the key.
+    pub fn new(event_id: &EventId, handler: &str, target_aggregate_id: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(event_id.as_str().as_bytes());
+        h.update(b":");
+        h.update(handler.as_bytes());
+        h.update(b":");
+        h.update(target_aggregate_id.as_bytes());
+        IdempotencyKey(hex(&h.finalize()))
+    }
+
+    /// The key as hex text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn similar_faults_share_a_fingerprint() {
+        let a = fingerprint(
+            "External",
+            "timeout after 3000 ms calling order 0190b6a2-7c1e-7c4a-9f3e-2b8f5c1d9e00",
+            "billing",
+        );
+        let b = fingerprint(
+            "External",
+            "timeout after 2500 ms calling order 0190b6a2-0000-7c4a-9f3e-2b8f5c1d9e11",
+            "billing",
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, fingerprint("External", "connection refused", "billing"));
+        assert_ne!(
+            a,
+            fingerprint(
+                "Transient",
+                "timeout after 3000 ms calling order x",
+                "billing"
+            )
+        );
+        assert_ne!(
+            a,
+            fingerprint("External", "timeout after 3000 ms", "shipping")
+        );
+    }
+
+    #[test]
+    fn normalization() {
+        assert_eq!(
+            normalize_message("evt-0190b6a2-7c1e-7c4a-9f3e-2b8f5c1d9e00 failed 3 times"),
+            "<id> failed # times"
+        );
+        assert_eq!(normalize_message("row 12 of 400"), "row # of #");
+    }
+
+    #[test]
+    fn idempotency_key_is_sha256_of_the_spec_formula() {
+        let e = EventId::parse("evt-0190b6a2-7c1e-7c4a-9f3e-2b8f5c1d9e00").unwrap();
+        let k = IdempotencyKey::new(&e, "billing.invoice", "order-1");
+        let mut h = Sha256::new();
+        h.update(b"evt-0190b6a2-7c1e-7c4a-9f3e-2b8f5c1d9e00:billing.invoice:order-1");
+        assert_eq!(k.as_str(), hex(&h.finalize()));
+        assert_ne!(k, IdempotencyKey::new(&e, "billing.invoice", "order-2"));
+        assert_ne!(k, IdempotencyKey::new(&e, "shipping", "order-1"));
+    }
+}
