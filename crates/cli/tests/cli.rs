@@ -29,6 +29,15 @@ fn demo_runs_and_prints_the_causal_chain() {
         assert!(out.contains(ty), "{ty} missing from\n{out}");
     }
     assert!(out.contains("0 cross-tenant deliveries"), "{out}");
+    // Step 6: a duplicate applied once, a poison message dead-lettered then replayed.
+    assert!(out.contains("DUPLICATE of evt"), "{out}");
+    assert!(
+        out.contains("applied once per tenant (2 duplicates answered by the inbox)"),
+        "{out}"
+    );
+    assert!(out.contains("reason ValidationError"), "{out}");
+    assert!(out.contains("replayed 1 of 1 dead letter(s)"), "{out}");
+    assert!(out.contains("replayed after the fix"), "{out}");
     assert!(data.exists(), "--data keeps the file");
     // The kept file is usable afterwards: the lineage subscription is there, and empty.
     let o = run(&[

@@ -511,3 +511,74 @@ async fn shutdown_grace_expired_releases_the_message() {
     assert_eq!(got[0].delivery_count, 2);
     bus.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_pauses_consumption_after_external_failures() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let calls: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, h) = (calls.clone(), healthy.clone());
+    let consumer = bus
+        .subscription("gateway")
+        .concurrency(1)
+        .retry(RetryPolicy::interval(10, Duration::from_millis(50)))
+        .options(ConsumerOptions {
+            concurrency: 1,
+            retry: RetryPolicy::interval(10, Duration::from_millis(50)),
+            circuit_breaker: Some(eventyard::CircuitBreakerConfig {
+                failure_threshold: 3,
+                open_for: Duration::from_millis(600),
+            }),
+            ..ConsumerOptions::default()
+        })
+        .handle(move |_: OrderPlaced, _ctx: MessageContext| {
+            let (c, h) = (c.clone(), h.clone());
+            async move {
+                let ok = h.load(Ordering::SeqCst);
+                c.lock().unwrap().push((Instant::now(), ok));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(HandlerError::external("payment gateway unreachable"))
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let t = tenant("connectsoft");
+    for n in 0..5 {
+        bus.publish(&t, &OrderPlaced { n }).await.unwrap();
+    }
+    wait_until("3 failures", || calls.lock().unwrap().len() >= 3).await;
+    let opened_at = calls.lock().unwrap()[2].0;
+    assert_eq!(
+        consumer.breaker_state(),
+        Some(eventyard::BreakerState::Open)
+    );
+    // The system recovers while the circuit is open; nothing is attempted until the trial.
+    healthy.store(true, Ordering::SeqCst);
+    wait_until("all acked", || consumer.counts().acked == 5).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.len(),
+        8,
+        "3 failures, then the trial and the rest: {calls:?}"
+    );
+    let trial = calls[3].0;
+    assert!(
+        trial - opened_at >= Duration::from_millis(550),
+        "a message was attempted {:?} after the circuit opened",
+        trial - opened_at
+    );
+    assert_eq!(
+        consumer.breaker_state(),
+        Some(eventyard::BreakerState::Closed)
+    );
+    assert_eq!(
+        consumer.counts().dead_lettered,
+        0,
+        "no attempts were burnt while open"
+    );
+    bus.shutdown().await.unwrap();
+}

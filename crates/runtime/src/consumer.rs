@@ -122,19 +122,21 @@ pub(crate) async fn run(
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
     'outer: while !*stop.borrow() {
-        // An open circuit takes nothing (messages stay queued); half-open takes one trial.
-        let permit = spec.breaker.as_ref().map_or(Permit::Flow, |b| b.permit());
-        if let Permit::Wait(d) = permit {
-            tokio::select! {
-                _ = stop.changed() => break,
-                _ = tokio::time::sleep(d) => continue,
-            }
-        }
         // Claim only what can start now, so no message waits locked behind a full pipeline.
         let first = tokio::select! {
             _ = stop.changed() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
+        // Asked after a slot freed up, so a failure that just opened the circuit is seen: an
+        // open circuit takes nothing (messages stay queued); half-open takes one trial.
+        let permit = spec.breaker.as_ref().map_or(Permit::Flow, |b| b.permit());
+        if let Permit::Wait(d) = permit {
+            drop(first);
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(d) => continue,
+            }
+        }
         let max = if permit == Permit::Trial {
             1
         } else {
@@ -250,7 +252,18 @@ async fn process(spec: &ConsumerSpec, delivery: Delivery) {
             )
         }
         Ok(envelope) => {
-            let (outcome, err) = run_handler(spec, envelope, attempt).await;
+            let replayed = matches!(
+                delivery
+                    .message
+                    .properties
+                    .get(eventyard_core::properties::names::REPLAYED),
+                Some(eventyard_core::PropertyValue::Bool(true))
+            ) || delivery
+                .message
+                .properties
+                .get_str(eventyard_core::properties::names::REPLAYED)
+                == Some("true");
+            let (outcome, err) = run_handler(spec, envelope, attempt, replayed).await;
             if let Some(b) = &spec.breaker {
                 b.record(err.as_ref().map(|e| e.kind()));
             }
@@ -341,6 +354,7 @@ async fn run_handler(
     spec: &ConsumerSpec,
     envelope: Envelope,
     attempt: u32,
+    replayed: bool,
 ) -> (Outcome, Option<HandlerError>) {
     let envelope = Arc::new(envelope);
     let ctx = MessageContext::new(
@@ -348,6 +362,7 @@ async fn run_handler(
         attempt,
         spec.subscription.clone(),
         spec.handler_name.clone(),
+        replayed,
         spec.bus.clone(),
     );
     let handler = spec.handler.clone();

@@ -33,6 +33,7 @@ pub struct MessageContext {
     delivery_count: u32,
     subscription: Arc<str>,
     handler_name: Arc<str>,
+    replayed: bool,
     bus: Bus,
 }
 
@@ -52,6 +53,7 @@ impl MessageContext {
         delivery_count: u32,
         subscription: Arc<str>,
         handler_name: Arc<str>,
+        replayed: bool,
         bus: Bus,
     ) -> Self {
         MessageContext {
@@ -59,8 +61,15 @@ impl MessageContext {
             delivery_count,
             subscription,
             handler_name,
+            replayed,
             bus,
         }
+    }
+
+    /// True when the message was re-driven from a dead-letter queue or archive (it carries the
+    /// `cs-replayed` property). Replays go through the same guard and inbox as any delivery.
+    pub fn is_replay(&self) -> bool {
+        self.replayed
     }
 
     /// The handler's name (the subscription name unless set with

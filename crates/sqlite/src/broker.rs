@@ -52,6 +52,7 @@ impl SqliteBroker {
         let (wake, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             wake,
+            queues: Mutex::new(std::collections::HashMap::new()),
             waiters: AtomicUsize::new(0),
         });
         let thread_cfg = cfg.clone();
@@ -182,15 +183,28 @@ impl Transport for SqliteBroker {
             reply,
         })
         .await?;
+        let queue = if queue == SubQueue::DeadLetter {
+            -id
+        } else {
+            id
+        };
+        let queue_wake = {
+            let mut map = self
+                .inner
+                .shared
+                .queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            map.entry(queue)
+                .or_insert_with(|| watch::channel(0u64).0)
+                .subscribe()
+        };
         Ok(Box::new(SqliteReceiver {
             broker: self.clone(),
-            queue: if queue == SubQueue::DeadLetter {
-                -id
-            } else {
-                id
-            },
+            queue,
             subscription: subscription.to_owned(),
             wake: self.inner.shared.wake.subscribe(),
+            queue_wake,
         }))
     }
 
@@ -223,6 +237,7 @@ struct SqliteReceiver {
     queue: i64,
     subscription: String,
     wake: watch::Receiver<u64>,
+    queue_wake: watch::Receiver<u64>,
 }
 
 /// Decrements the waiter count when a wait ends (also on cancellation).
@@ -250,6 +265,7 @@ impl Receiver for SqliteReceiver {
             // Mark the current wake generation as seen before claiming, so a commit that lands
             // between the claim and the wait is not missed.
             self.wake.borrow_and_update();
+            self.queue_wake.borrow_and_update();
             let queue = self.queue;
             let claimed: Claimed = writer::call(self.broker.sender()?, |reply| Cmd::Claim {
                 queue,
@@ -294,7 +310,13 @@ impl Receiver for SqliteReceiver {
             let shared = &self.broker.inner.shared;
             shared.waiters.fetch_add(1, Ordering::AcqRel);
             let _guard = WaiterGuard(&shared.waiters);
-            let _ = tokio::time::timeout_at(until, self.wake.changed()).await;
+            let _ = tokio::time::timeout_at(until, async {
+                tokio::select! {
+                    _ = self.wake.changed() => {}
+                    _ = self.queue_wake.changed() => {}
+                }
+            })
+            .await;
         }
     }
 }

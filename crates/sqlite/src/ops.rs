@@ -244,14 +244,31 @@ fn props_json(p: &Properties) -> String {
     serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
 }
 
-/// Executes one command. `woke` is set when messages became available.
+/// Which receivers a transaction must wake once committed.
+#[derive(Debug, Default)]
+pub struct Woken {
+    /// Wake every receiver (the change is not tied to known queues).
+    pub all: bool,
+    /// Queues that got available messages.
+    pub queues: Vec<i64>,
+}
+
+impl Woken {
+    fn queue(&mut self, id: i64) {
+        if !self.queues.contains(&id) {
+            self.queues.push(id);
+        }
+    }
+}
+
+/// Executes one command, noting in `woke` which queues got available messages.
 pub fn apply(
     tx: &Transaction<'_>,
     topology: &mut Topology,
     cfg: &SqliteConfig,
     now: i64,
     cmd: &Cmd,
-    woke: &mut bool,
+    woke: &mut Woken,
 ) -> Result<Reply, OpError> {
     match cmd {
         Cmd::Publish {
@@ -290,7 +307,7 @@ pub fn apply(
         },
         Cmd::Stats { .. } => Ok(Reply::Stats(stats(tx, topology, now)?)),
         Cmd::Exec { work, .. } => {
-            *woke = true; // the work may have made messages available (e.g. a replay)
+            woke.all = true; // the work may have made messages available (e.g. a replay)
             exec(tx, work)
         }
         Cmd::Shutdown { .. } => Ok(Reply::Unit),
@@ -304,7 +321,7 @@ fn publish(
     now: i64,
     topic: &str,
     messages: &[OutgoingMessage],
-    woke: &mut bool,
+    woke: &mut Woken,
 ) -> Result<(), OpError> {
     eventyard_core::transport::check_name("topic", topic)?;
     for m in messages {
@@ -331,7 +348,7 @@ fn publish(
                 let p = props.get_or_insert_with(|| props_json(&m.message.properties));
                 insert.execute(params![s.id, visible_at, now, &m.message.body[..], &*p])?;
                 if visible_at <= now {
-                    *woke = true;
+                    woke.queue(s.id);
                 }
             }
         }
@@ -443,7 +460,7 @@ fn settle(
     seq: i64,
     count: u32,
     settlement: &Settlement,
-    woke: &mut bool,
+    woke: &mut Woken,
 ) -> Result<(), OpError> {
     let sub = topology
         .get(queue.abs())
@@ -463,7 +480,7 @@ fn settle(
         Settlement::Abandon { after } => {
             let at = now.saturating_add(dur_us(*after));
             if after.is_zero() {
-                *woke = true;
+                woke.queue(queue);
             }
             tx.prepare_cached(
                 "UPDATE messages SET visible_at = ?1

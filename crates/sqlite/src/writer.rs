@@ -20,8 +20,12 @@ use crate::topology::Topology;
 
 /// Shared state between the async handles and the writer thread.
 pub struct Shared {
-    /// Bumped after every commit that made messages available; receivers wait on it.
+    /// Bumped when any queue may have changed (another process committed, application work
+    /// ran); every receiver waits on it.
     pub wake: watch::Sender<u64>,
+    /// Per queue, bumped after a commit that made messages of that queue available; only that
+    /// queue's receivers wait on it (no thundering herd across subscriptions).
+    pub queues: std::sync::Mutex<std::collections::HashMap<i64, watch::Sender<u64>>>,
     /// Receivers currently waiting; while non-zero the writer also watches other processes.
     pub waiters: AtomicUsize,
 }
@@ -121,9 +125,7 @@ impl Writer {
         match self.transaction(batch) {
             Ok((replies, woke)) => {
                 self.data_version = self.read_data_version();
-                if woke {
-                    self.shared.wake.send_modify(|n| *n = n.wrapping_add(1));
-                }
+                self.wake(&woke);
                 for (cmd, reply) in batch.drain(..).zip(replies) {
                     cmd.answer(reply);
                 }
@@ -143,7 +145,20 @@ impl Writer {
         }
     }
 
-    fn transaction(&mut self, batch: &[Cmd]) -> Result<(Vec<Reply>, bool), TransportError> {
+    fn wake(&self, woke: &ops::Woken) {
+        if woke.all {
+            self.shared.wake.send_modify(|n| *n = n.wrapping_add(1));
+        } else if !woke.queues.is_empty() {
+            let map = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            for q in &woke.queues {
+                if let Some(tx) = map.get(q) {
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
+        }
+    }
+
+    fn transaction(&mut self, batch: &[Cmd]) -> Result<(Vec<Reply>, ops::Woken), TransportError> {
         let (path, busy_ms) = (self.path.clone(), self.busy_ms);
         let map = |e| map_error(&path, e, busy_ms);
         let tx = self
@@ -153,7 +168,7 @@ impl Writer {
         self.topology.refresh(&tx)?;
         let now = ops::now_us();
         let mut replies = Vec::with_capacity(batch.len());
-        let mut woke = false;
+        let mut woke = ops::Woken::default();
         for cmd in batch {
             let reply = ops::apply(&tx, &mut self.topology, &self.cfg, now, cmd, &mut woke)
                 .map_err(|e| match e {

@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use eventyard::lineage::CausalGraph;
+use eventyard::sqlite::dlq::{self, DlqQuery, ReplayOptions};
+use eventyard::sqlite::{SqliteBroker, SqliteConfig};
 use eventyard::{
-    Bus, Envelope, Filter, HandlerError, MessageContext, ModuleId, ProjectId, TenantId, TraceId,
+    Bus, Envelope, HandlerError, MessageContext, ModuleId, ProjectId, TenantId, TraceId,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 pub use events::*;
@@ -50,6 +53,7 @@ pub struct Recorder {
     seen: Mutex<Vec<(TenantId, Envelope)>>,
     /// Envelopes that reached a subscriber of another tenant (must stay empty).
     violations: Mutex<Vec<(TenantId, Envelope)>>,
+    duplicates: std::sync::atomic::AtomicU64,
     changed: Notify,
 }
 
@@ -60,6 +64,7 @@ impl Recorder {
             quiet,
             seen: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
+            duplicates: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -72,6 +77,13 @@ impl Recorder {
                 self.start.elapsed().as_secs_f64() * 1e3
             );
         }
+    }
+
+    /// Counts a duplicate delivery answered by the inbox.
+    pub fn duplicate(&self) {
+        self.duplicates
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     /// Records a tenant-isolation violation.
@@ -107,13 +119,12 @@ impl Recorder {
 
 /// One lineage subscription per topic for `tenant`: records everything it receives.
 async fn lineage(bus: &Bus, rec: &Arc<Recorder>, tenant: &TenantId) -> anyhow::Result<()> {
-    let filter = Filter::sql(&format!("[cs-tenant-id] = '{tenant}'"))?;
     for topic in ALL_TYPES {
         let rec = rec.clone();
         let mine = tenant.clone();
         bus.subscription(format!("observability.lineage.{tenant}"))
             .topic(*topic)
-            .filter(filter.clone())
+            .tenant(tenant.clone())
             .cross_platform()
             .handle_envelopes(move |env: Envelope, _ctx: MessageContext| {
                 let rec = rec.clone();
@@ -148,11 +159,16 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("data file: {} (WAL, synchronous=FULL)", path.display());
     println!("tenants:   {tenant} (observed) and {other} (concurrent, must stay invisible)\n");
 
-    let transport = eventyard::connect(&format!("sqlite://{}", path.display()))?;
-    let bus = Bus::new(transport);
+    let broker = SqliteBroker::open(SqliteConfig::new(&path))?;
+    platforms::create_tables(&broker).await?;
+    let bus = Bus::new(Arc::new(broker.clone()));
     let rec = Arc::new(Recorder::new(a.quiet));
+    let shared = Arc::new(platforms::Shared {
+        broker: broker.clone(),
+        alerting_fixed: AtomicBool::new(false),
+    });
     for t in [&tenant, &other] {
-        platforms::wire(&bus, &rec, t).await?;
+        platforms::wire(&bus, &rec, &shared, t).await?;
         lineage(&bus, &rec, t).await?;
     }
 
@@ -181,6 +197,53 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     let deadline = tokio::time::Instant::now() + a.timeout;
+    // Step 6: the poison message. Wait for it in the dead-letter queue, "deploy the fix", replay.
+    let poison_sub = format!("observability.alerting.{tenant}");
+    let dlq_query = DlqQuery::new().subscription(poison_sub.clone());
+    let poisoned = loop {
+        let found = dlq::list(&broker, &dlq_query).await?;
+        if let Some(entry) = found.into_iter().next() {
+            break entry;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = bus.shutdown().await;
+            bail!("the poison message never reached the dead-letter queue of {poison_sub}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    rec.progress(format!(
+        "[{:<11}] {:<13} dead-letter queue of {poison_sub}: seq {} reason {} fingerprint {} after {} attempt(s): {}",
+        tenant.as_str(),
+        "operator",
+        poisoned.seq,
+        poisoned.reason,
+        poisoned.fingerprint,
+        poisoned.attempts.unwrap_or(0),
+        poisoned.description
+    ));
+    shared.alerting_fixed.store(true, Ordering::SeqCst);
+    rec.progress(format!(
+        "[{:<11}] {:<13} fix deployed to observability.alerting; replaying its dead letters",
+        tenant.as_str(),
+        "operator"
+    ));
+    let report = dlq::replay(
+        &broker,
+        &dlq_query,
+        ReplayOptions {
+            actor: Some("yard-demo".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    rec.progress(format!(
+        "[{:<11}] {:<13} replayed {} of {} dead letter(s) (same eventId, marked cs-replayed; audit #{})",
+        tenant.as_str(),
+        "operator",
+        report.replayed,
+        report.matched,
+        report.audit_id
+    ));
     loop {
         let notified = rec.changed.notified();
         if traces.values().all(|tr| rec.complete(tr)) {
@@ -209,15 +272,25 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let violations = rec.violations.lock().map(|v| v.len()).unwrap_or(usize::MAX);
     let other_envs = rec.of_trace(&traces[&other]);
     println!("summary");
-    println!("  events ({tenant}):      {}", envs.len());
-    println!("  events ({other}):  {}", other_envs.len());
+    let other_graph = CausalGraph::from_envelopes(other_envs);
+    println!("  events ({tenant}):      {}", graph.len());
+    println!("  events ({other}):  {}", other_graph.len());
     println!(
         "  elapsed:                {:.1} ms",
         elapsed.as_secs_f64() * 1e3
     );
+    let rejected: u64 = counts.iter().map(|(_, _, c)| c.tenant_rejected).sum();
     println!(
-        "  tenant isolation:       {} cross-tenant deliveries (every subscription filters on cs-tenant-id)",
-        violations
+        "  tenant isolation:       {} cross-tenant deliveries ({} stopped by tenant guards; every subscription filters on cs-tenant-id)",
+        violations, rejected
+    );
+    println!(
+        "  duplicate delivery:     DeploymentPromoted published twice with one eventId → applied once per tenant ({} duplicates answered by the inbox)",
+        rec.duplicates.load(Ordering::Relaxed)
+    );
+    println!(
+        "  poison message:         TraceRecorded dead-lettered ({}), replayed after the fix, then handled",
+        poisoned.reason
     );
     println!("  per subscription (acked / retried / dead-lettered):");
     let mut per: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use eventyard::{Bus, Envelope, Event, Filter, HandlerError, MessageContext, TenantId};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use eventyard::sqlite::{InboxOutcome, SqliteBroker};
+use eventyard::{Bus, Envelope, Event, HandlerError, MessageContext, RetryPolicy, TenantId};
 
 use super::Recorder;
 use super::events::*;
@@ -30,12 +33,13 @@ async fn step<I: Event + Clone>(
     cross_platform: bool,
     react: fn(&I, &MessageContext) -> Vec<Envelope>,
 ) -> anyhow::Result<()> {
-    let filter = Filter::sql(&format!("[cs-tenant-id] = '{tenant}'"))?;
     let rec = rec.clone();
     let mine = tenant.clone();
+    // `.tenant(..)` filters the subscription on cs-tenant-id *and* puts the tenant guard in
+    // front of the handler.
     let mut sub = bus
         .subscription(format!("{platform}.{name}.{tenant}"))
-        .filter(filter);
+        .tenant(tenant.clone());
     if cross_platform {
         sub = sub.cross_platform();
     }
@@ -75,8 +79,35 @@ async fn step<I: Event + Clone>(
     Ok(())
 }
 
+/// The demo's state that handlers share: the store (for the inbox) and the "bug fix" switch.
+pub struct Shared {
+    /// The embedded store.
+    pub broker: SqliteBroker,
+    /// False until the demo "deploys the fix" of the alerting handler.
+    pub alerting_fixed: AtomicBool,
+}
+
+/// Creates the application table the Runtime platform writes through the inbox.
+pub async fn create_tables(broker: &SqliteBroker) -> anyhow::Result<()> {
+    broker
+        .transaction(|tx| {
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS demo_deployments (
+                     tenant TEXT NOT NULL, release_id TEXT NOT NULL, environment TEXT NOT NULL,
+                     deployed_at TEXT NOT NULL)",
+            )
+        })
+        .await??;
+    Ok(())
+}
+
 /// Wires every platform service for `tenant`.
-pub async fn wire(bus: &Bus, rec: &Arc<Recorder>, t: &TenantId) -> anyhow::Result<()> {
+pub async fn wire(
+    bus: &Bus,
+    rec: &Arc<Recorder>,
+    shared: &Arc<Shared>,
+    t: &TenantId,
+) -> anyhow::Result<()> {
     // 1. Control Plane: project → workflow → step → agent task.
     step(
         bus,
@@ -351,6 +382,8 @@ pub async fn wire(bus: &Bus, rec: &Arc<Recorder>, t: &TenantId) -> anyhow::Resul
         },
     )
     .await?;
+    // The promotion is published twice with the same eventId (a producer that retried after a
+    // lost acknowledgement): the Runtime platform's inbox applies it once.
     step(
         bus,
         rec,
@@ -359,34 +392,18 @@ pub async fn wire(bus: &Bus, rec: &Arc<Recorder>, t: &TenantId) -> anyhow::Resul
         "promote",
         false,
         |e: &ReleaseApproved, c| {
-            vec![emit(
+            let promoted = emit(
                 c.tenant(),
                 DeploymentPromoted {
                     release_id: e.release_id.clone(),
                     environment: "production".into(),
                 },
-            )]
+            );
+            vec![promoted.clone(), promoted]
         },
     )
     .await?;
-    step(
-        bus,
-        rec,
-        t,
-        "runtime",
-        "deploy",
-        true,
-        |e: &DeploymentPromoted, c| {
-            vec![emit(
-                c.tenant(),
-                RuntimeDeploymentCompleted {
-                    deployment_id: format!("dep-{}", e.release_id),
-                    environment: e.environment.clone(),
-                },
-            )]
-        },
-    )
-    .await?;
+    deploy(bus, rec, shared, t).await?;
     // 5. Observability → feedback into Knowledge.
     step(
         bus,
@@ -396,39 +413,18 @@ pub async fn wire(bus: &Bus, rec: &Arc<Recorder>, t: &TenantId) -> anyhow::Resul
         "record-trace",
         true,
         |_: &RuntimeDeploymentCompleted, c| {
-            vec![emit(
-                c.tenant(),
-                TraceRecorded {
-                    spans: 128,
-                    p95_ms: 412,
-                },
-            )]
-        },
-    )
-    .await?;
-    step(
-        bus,
-        rec,
-        t,
-        "observability",
-        "alerting",
-        false,
-        |e: &TraceRecorded, c| {
-            if e.p95_ms > 300 {
-                vec![emit(
-                    c.tenant(),
-                    AlertTriggered {
-                        alert_id: "alert-p95-latency".into(),
-                        rule: "p95 > 300 ms".into(),
-                        severity: "warning".into(),
-                    },
-                )]
+            // connectsoft's service is busier: its trace has more spans than the alerting code
+            // handles until the fix (see `alerting`).
+            let spans = if c.tenant().as_str() == "connectsoft" {
+                128
             } else {
-                Vec::new()
-            }
+                64
+            };
+            vec![emit(c.tenant(), TraceRecorded { spans, p95_ms: 412 })]
         },
     )
     .await?;
+    alerting(bus, rec, shared, t).await?;
     step(
         bus,
         rec,
@@ -447,5 +443,111 @@ pub async fn wire(bus: &Bus, rec: &Arc<Recorder>, t: &TenantId) -> anyhow::Resul
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Runtime: applies a promotion through the idempotent inbox (state change and key in one
+/// transaction); a duplicate returns the stored result and publishes nothing.
+async fn deploy(
+    bus: &Bus,
+    rec: &Arc<Recorder>,
+    shared: &Arc<Shared>,
+    t: &TenantId,
+) -> anyhow::Result<()> {
+    let (rec, shared, mine) = (rec.clone(), shared.clone(), t.clone());
+    bus.subscription(format!("runtime.deploy.{t}"))
+        .tenant(t.clone())
+        .cross_platform()
+        .handle(move |e: DeploymentPromoted, ctx: MessageContext| {
+            let (rec, shared, mine) = (rec.clone(), shared.clone(), mine.clone());
+            async move {
+                let (tenant, release, env) =
+                    (ctx.tenant().to_string(), e.release_id.clone(), e.environment.clone());
+                let at = ctx.envelope().occurred_at.to_rfc3339();
+                let outcome = shared
+                    .broker
+                    .inbox()
+                    .run(ctx.envelope(), ctx.handler_name(), &e.release_id, move |tx| {
+                        tx.execute(
+                            "INSERT INTO demo_deployments VALUES (?1, ?2, ?3, ?4)",
+                            (&tenant, &release, &env, &at),
+                        )?;
+                        Ok::<_, eventyard::sqlite::rusqlite::Error>(format!("dep-{release}"))
+                    })
+                    .await
+                    .map_err(|e| HandlerError::transient(e.to_string()))?;
+                match outcome {
+                    InboxOutcome::Applied(deployment_id) => {
+                        rec.progress(format!(
+                            "[{:<11}] {:<13} {:<26} → RuntimeDeploymentCompleted  (evt …{}, applied via the inbox)",
+                            mine.as_str(), "runtime", "DeploymentPromoted", short(&ctx)
+                        ));
+                        ctx.publish(&RuntimeDeploymentCompleted {
+                            deployment_id,
+                            environment: e.environment,
+                        })
+                        .await
+                        .map_err(|e| HandlerError::transient(e.to_string()))?;
+                    }
+                    InboxOutcome::Duplicate(deployment_id) => {
+                        rec.duplicate();
+                        rec.progress(format!(
+                            "[{:<11}] {:<13} {:<26} → ·  DUPLICATE of evt …{}: inbox returned `{deployment_id}`, nothing re-applied",
+                            mine.as_str(), "runtime", "DeploymentPromoted", short(&ctx)
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+/// Observability alerting, with a bug: traces over 100 spans overflow its histogram. Such a
+/// message is poison (a validation error: dead-lettered at once) until the demo "deploys the fix".
+async fn alerting(
+    bus: &Bus,
+    rec: &Arc<Recorder>,
+    shared: &Arc<Shared>,
+    t: &TenantId,
+) -> anyhow::Result<()> {
+    let (rec, shared, mine) = (rec.clone(), shared.clone(), t.clone());
+    bus.subscription(format!("observability.alerting.{t}"))
+        .tenant(t.clone())
+        .retry(RetryPolicy::interval(3, std::time::Duration::from_millis(50)))
+        .handle(move |e: TraceRecorded, ctx: MessageContext| {
+            let (rec, shared, mine) = (rec.clone(), shared.clone(), mine.clone());
+            async move {
+                if e.spans > 100 && !shared.alerting_fixed.load(Ordering::SeqCst) {
+                    rec.progress(format!(
+                        "[{:<11}] {:<13} {:<26} ✗ bug: histogram overflow ({} spans > 100) → ValidationError, dead-lettered",
+                        mine.as_str(), "observability", "TraceRecorded", e.spans
+                    ));
+                    return Err(HandlerError::validation(format!(
+                        "span histogram overflow: {} spans exceed the 100 buckets",
+                        e.spans
+                    )));
+                }
+                let replayed = ctx.is_replay();
+                rec.progress(format!(
+                    "[{:<11}] {:<13} {:<26} → AlertTriggered  (evt …{}{})",
+                    mine.as_str(),
+                    "observability",
+                    "TraceRecorded",
+                    short(&ctx),
+                    if replayed { ", replayed after the fix" } else { "" }
+                ));
+                ctx.publish(&AlertTriggered {
+                    alert_id: "alert-p95-latency".into(),
+                    rule: "p95 > 300 ms".into(),
+                    severity: "warning".into(),
+                })
+                .await
+                .map_err(|e| HandlerError::transient(e.to_string()))?;
+                Ok(())
+            }
+        })
+        .await?;
     Ok(())
 }

@@ -1,1 +1,0 @@
-//! Dead-letter queue operations on the embedded store (being implemented).
