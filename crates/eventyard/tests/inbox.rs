@@ -251,7 +251,7 @@ async fn cleanup_never_removes_keys_inside_the_retention_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_guard_rejects_envelopes_outside_the_scope() {
-    let (_dir, broker, bus) = setup();
+    let (_dir, _broker, bus) = setup();
     let ran = Arc::new(AtomicU32::new(0));
     let r = ran.clone();
     let consumer = bus

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS messages (
     dl_at          INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
+CREATE INDEX IF NOT EXISTS messages_dead_lettered ON messages (dl_at, seq) WHERE queue < 0;
 CREATE TABLE IF NOT EXISTS inbox (
     key        TEXT PRIMARY KEY,
     tenant     TEXT NOT NULL,
@@ -123,7 +124,9 @@ pub fn open(cfg: &SqliteConfig) -> Result<Connection, TransportError> {
             ),
         });
     }
-    if version < SCHEMA_VERSION {
+    // The DDL is idempotent (IF NOT EXISTS): applying it on every open also adds indexes and
+    // tables introduced since the file was created at the same schema version.
+    {
         let ddl = format!(
             "BEGIN IMMEDIATE; {DDL} PRAGMA application_id = {APPLICATION_ID}; \
              PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"

@@ -126,10 +126,8 @@ async fn application_work_commits_or_rolls_back_in_the_store_transaction() {
     let totals: Vec<i64> = b
         .transaction(|tx| {
             let mut s = tx.prepare("SELECT total FROM orders ORDER BY id")?;
-            let v = s
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<i64>, _>>();
-            v
+            let rows: Vec<i64> = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok::<_, rusqlite::Error>(rows)
         })
         .await
         .unwrap()
