@@ -233,6 +233,8 @@ pub struct Capabilities {
     pub release_on_drop: bool,
     /// Largest body accepted, in bytes.
     pub max_message_size: usize,
+    /// [`Delivery::abandon_with`] really stores the given properties for the next deliveries.
+    pub modify_on_abandon: bool,
 }
 
 impl Capabilities {
@@ -245,6 +247,7 @@ impl Capabilities {
             atomic_batch: false,
             release_on_drop: false,
             max_message_size: 1024 * 1024,
+            modify_on_abandon: false,
         }
     }
 }
@@ -292,6 +295,19 @@ pub enum Settlement {
 pub trait Settle: Send + Sync {
     /// Settles the delivery.
     async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), TransportError>;
+
+    /// Abandons (redeliver after `after`) and merges `properties` into the message's
+    /// properties for its next deliveries, as Service Bus's abandon with "properties to modify".
+    /// Transports that cannot change a message in place keep this default, which ignores the
+    /// properties (see [`Capabilities::modify_on_abandon`]).
+    async fn abandon_with(
+        self: Box<Self>,
+        after: Duration,
+        properties: Properties,
+    ) -> Result<(), TransportError> {
+        let _ = properties;
+        self.settle(Settlement::Abandon { after }).await
+    }
 }
 
 /// A received message, locked for this consumer until settled or until the lock expires.
@@ -348,6 +364,18 @@ impl Delivery {
     /// Releases the message for redelivery after `after` (a scheduled redelivery).
     pub async fn abandon(self, after: Duration) -> Result<(), TransportError> {
         self.settle.settle(Settlement::Abandon { after }).await
+    }
+
+    /// Releases the message for redelivery after `after`, merging `properties` into its
+    /// properties for the next deliveries where the transport can
+    /// ([`Capabilities::modify_on_abandon`]); used to carry retry state such as the time of the
+    /// first failure.
+    pub async fn abandon_with(
+        self,
+        after: Duration,
+        properties: Properties,
+    ) -> Result<(), TransportError> {
+        self.settle.abandon_with(after, properties).await
     }
 
     /// Moves the message to the dead-letter sub-queue.

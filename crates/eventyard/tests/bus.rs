@@ -582,3 +582,65 @@ async fn circuit_breaker_pauses_consumption_after_external_failures() {
     );
     bus.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_context_carries_the_failure_history() {
+    use eventyard::sqlite::dlq::{self, DlqQuery};
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let consumer = bus
+        .subscription("payments.capture")
+        .handler_name("capture-payment")
+        .retry(RetryPolicy::interval(3, Duration::from_millis(150)))
+        .handle(|e: OrderPlaced, _ctx: MessageContext| async move {
+            Err(
+                HandlerError::external(format!("gateway timeout after {} ms", 3000 + e.n))
+                    .context("capturing payment"),
+            )
+        })
+        .await
+        .unwrap();
+    bus.publish(&tenant("connectsoft"), &OrderPlaced { n: 7 })
+        .await
+        .unwrap();
+    wait_until("dead-lettered", || consumer.counts().dead_lettered == 1).await;
+    let broker =
+        eventyard::sqlite::SqliteBroker::open(eventyard::sqlite::SqliteConfig::new(&fx.path))
+            .unwrap();
+    let entries = dlq::list(&broker, &DlqQuery::new().subscription("payments.capture"))
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(e.reason, "RetriesExhausted");
+    assert_eq!(e.handler.as_deref(), Some("capture-payment"));
+    assert_eq!(e.error_kind.as_deref(), Some("External"));
+    assert_eq!(
+        e.errors,
+        vec![
+            "capturing payment".to_owned(),
+            "gateway timeout after 3007 ms".to_owned()
+        ]
+    );
+    assert_eq!(e.attempts, Some(3));
+    let (first, last) = (e.first_failure_at.unwrap(), e.last_failure_at.unwrap());
+    assert!(
+        last - first >= chrono::Duration::milliseconds(290),
+        "{first} .. {last}"
+    );
+    assert!(e.host.as_deref().is_some_and(|h| !h.is_empty()));
+    assert_eq!(e.pid, Some(std::process::id()));
+    assert_eq!(e.event_type.as_deref(), Some("OrderPlaced"));
+    assert_eq!(e.tenant.as_deref(), Some("connectsoft"));
+    // Similar faults (other numbers) share the fingerprint.
+    assert_eq!(
+        e.fingerprint,
+        eventyard::core::fault::fingerprint(
+            "External",
+            "capturing payment: gateway timeout after 99 ms",
+            "capture-payment"
+        )
+    );
+    bus.shutdown().await.unwrap();
+    eventyard::Transport::close(&broker).await.unwrap();
+}

@@ -291,7 +291,26 @@ async fn process(spec: &ConsumerSpec, delivery: Delivery) {
         Outcome::Retry { .. } => &spec.stats.retried,
         Outcome::DeadLetter { .. } => &spec.stats.dead_lettered,
     };
-    match delivery.settle(settlement).await {
+    let settled = match (settlement, failure) {
+        // A retry carries the failure history to the next delivery (where the transport can).
+        (Settlement::Abandon { after }, Some(f)) => {
+            let now = chrono::Utc::now().to_rfc3339();
+            let mut props = eventyard_core::Properties::new();
+            if delivery
+                .message
+                .properties
+                .get_str(FIRST_FAILURE_PROPERTY)
+                .is_none()
+            {
+                props.insert(FIRST_FAILURE_PROPERTY, now.as_str());
+            }
+            props.insert(LAST_FAILURE_PROPERTY, now);
+            props.insert(LAST_ERROR_PROPERTY, f.chain.join(": "));
+            delivery.abandon_with(after, props).await
+        }
+        (settlement, _) => delivery.settle(settlement).await,
+    };
+    match settled {
         Ok(()) => {
             counter.fetch_add(1, Ordering::Relaxed);
         }
@@ -324,9 +343,10 @@ fn fault_context(
         "topic": spec.topic,
         "errorKind": kind,
         "errors": failure.map(|f| f.chain.clone()).unwrap_or_else(|| vec![description.to_owned()]),
+        // Over the error chain itself, not the outcome's wording (which adds attempt counts).
         "fingerprint": eventyard_core::fault::fingerprint(
             kind.unwrap_or(reason),
-            description,
+            &failure.map(|f| f.chain.join(": ")).unwrap_or_else(|| description.to_owned()),
             &spec.handler_name,
         ),
         "attempts": delivery.delivery_count,
@@ -337,8 +357,13 @@ fn fault_context(
     })
 }
 
-/// Property a transport may carry across redeliveries with the time of the first failure.
+/// Property carried across redeliveries (where the transport can modify a message on abandon)
+/// with the time of the first failure; the dead-letter context reports it.
 pub const FIRST_FAILURE_PROPERTY: &str = "cs-first-failure-at";
+/// Property with the time of the latest failure before a redelivery.
+pub const LAST_FAILURE_PROPERTY: &str = "cs-last-failure-at";
+/// Property with the latest failure's message chain before a redelivery.
+pub const LAST_ERROR_PROPERTY: &str = "cs-last-error";
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use eventyard_core::{
-    Capabilities, Delivery, Message, OutgoingMessage, Receiver, Settle, Settlement, SubQueue,
-    SubscriptionSpec, Transport, TransportError,
+    Capabilities, Delivery, Message, OutgoingMessage, Properties, Receiver, Settle, Settlement,
+    SubQueue, SubscriptionSpec, Transport, TransportError,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -136,6 +136,7 @@ impl Transport for SqliteBroker {
         c.atomic_batch = true;
         c.release_on_drop = true;
         c.max_message_size = self.inner.cfg.max_message_size;
+        c.modify_on_abandon = true;
         c
     }
 
@@ -329,9 +330,12 @@ struct SqliteSettle {
     settled: bool,
 }
 
-#[async_trait]
-impl Settle for SqliteSettle {
-    async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), TransportError> {
+impl SqliteSettle {
+    async fn send(
+        mut self: Box<Self>,
+        settlement: Settlement,
+        modify: Option<Properties>,
+    ) -> Result<(), TransportError> {
         self.settled = true;
         let (queue, seq, count) = (self.queue, self.seq, self.count);
         writer::call(&self.tx, |reply| Cmd::Settle {
@@ -339,9 +343,26 @@ impl Settle for SqliteSettle {
             seq,
             count,
             settlement,
+            modify,
             reply: Some(reply),
         })
         .await
+    }
+}
+
+#[async_trait]
+impl Settle for SqliteSettle {
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), TransportError> {
+        self.send(settlement, None).await
+    }
+
+    async fn abandon_with(
+        self: Box<Self>,
+        after: Duration,
+        properties: Properties,
+    ) -> Result<(), TransportError> {
+        self.send(Settlement::Abandon { after }, Some(properties))
+            .await
     }
 }
 
@@ -356,6 +377,7 @@ impl Drop for SqliteSettle {
                 settlement: Settlement::Abandon {
                     after: Duration::ZERO,
                 },
+                modify: None,
                 reply: None,
             });
         }

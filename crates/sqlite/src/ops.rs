@@ -89,6 +89,8 @@ pub enum Cmd {
         count: u32,
         /// How.
         settlement: Settlement,
+        /// With an abandon: properties merged into the message's for its next deliveries.
+        modify: Option<Properties>,
         /// Reply (None: fire and forget, for release on drop).
         reply: Option<Tx<()>>,
     },
@@ -285,9 +287,13 @@ pub fn apply(
             seq,
             count,
             settlement,
+            modify,
             ..
         } => {
             settle(tx, topology, now, *queue, *seq, *count, settlement, woke)?;
+            if let (Some(props), Settlement::Abandon { .. }) = (modify, settlement) {
+                merge_props(tx, *seq, props)?;
+            }
             Ok(Reply::Unit)
         }
         Cmd::Ensure { spec, .. } => {
@@ -641,4 +647,20 @@ fn exec(tx: &Transaction<'_>, work: &std::sync::Mutex<Option<ExecFn>>) -> Result
             }))
         }
     }
+}
+
+fn merge_props(tx: &Transaction<'_>, seq: i64, extra: &Properties) -> Result<(), OpError> {
+    let current: Option<String> = tx
+        .prepare_cached("SELECT props FROM messages WHERE seq = ?1")?
+        .query_row(params![seq], |r| r.get(0))
+        .optional()?;
+    let mut props: Properties = current
+        .and_then(|p| serde_json::from_str(&p).ok())
+        .unwrap_or_default();
+    for (k, v) in extra.iter() {
+        props.insert(k.clone(), v.clone());
+    }
+    tx.prepare_cached("UPDATE messages SET props = ?1 WHERE seq = ?2")?
+        .execute(params![props_json(&props), seq])?;
+    Ok(())
 }
