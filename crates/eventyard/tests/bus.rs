@@ -289,9 +289,14 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_good_ones() {
     let bus = fx.bus();
     let handled = Arc::new(AtomicU32::new(0));
     let h = handled.clone();
-    bus.subscription("orders")
-        .concurrency(1)
-        .retry(fast_retry(2))
+    let consumer = bus
+        .subscription("orders")
+        .options(ConsumerOptions {
+            concurrency: 1,
+            retry: fast_retry(2),
+            max_message_bytes: 8 * 1024,
+            ..ConsumerOptions::default()
+        })
         .handle(move |e: OrderPlaced, _ctx: MessageContext| {
             let h = h.clone();
             async move {
@@ -314,6 +319,14 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_good_ones() {
             properties: Properties::new(),
         })
     };
+    let valid = Envelope::for_event(&OrderPlaced { n: 1 }, t.clone()).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&valid.to_json()).unwrap();
+    let mut wrong_types = json.clone();
+    wrong_types["tenantId"] = serde_json::json!(5);
+    let mut missing_tenant = json.clone();
+    missing_tenant.as_object_mut().unwrap().remove("tenantId");
+    json["payload"] = serde_json::json!({ "n": 1, "blob": "x".repeat(10_000) });
+    let oversized = json;
     let mut wrong_type = Envelope::for_event(&InvoiceIssued { n: 1 }, t.clone()).unwrap();
     wrong_type.payload = serde_json::json!({"n": 1});
     let mut bad_payload = Envelope::for_event(&OrderPlaced { n: 1 }, t.clone()).unwrap();
@@ -323,63 +336,58 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_good_ones() {
         good(1),
         raw(b"\xff\xfe not utf-8"),
         good(2),
-        raw(br#"{"eventType":"OrderPlaced","tenantId":"connectsoft"}"#),
+        raw(&serde_json::to_vec(&wrong_types).unwrap()),
+        raw(&serde_json::to_vec(&missing_tenant).unwrap()),
+        raw(&serde_json::to_vec(&oversized).unwrap()),
         (&wrong_type).into(),
         (&bad_payload).into(),
         good(666),
         good(3),
     ];
     bus.transport().publish("OrderPlaced", batch).await.unwrap();
-    let dl = dead_letters(&bus, "OrderPlaced", "orders", 6).await;
+    let dl = dead_letters(&bus, "OrderPlaced", "orders", 8).await;
     wait_until("good handled", || handled.load(Ordering::SeqCst) == 3).await;
-    let mut reasons: Vec<String> = dl
+    let mut got: Vec<(String, String)> = dl
         .iter()
         .map(|d| {
-            d.message
-                .properties
-                .get_str("cs-dead-letter-reason")
-                .unwrap()
-                .to_owned()
+            let p = &d.message.properties;
+            (
+                p.get_str("cs-dead-letter-reason").unwrap().to_owned(),
+                p.get_str("cs-dead-letter-description").unwrap().to_owned(),
+            )
         })
         .collect();
-    reasons.sort();
+    got.sort();
+    let reasons: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(
         reasons,
         vec![
             "HandlerPanicked",
             "MalformedEnvelope.InvalidUtf8",
             "MalformedEnvelope.MalformedJson",
+            "MalformedEnvelope.MalformedJson",
             "MalformedEnvelope.MissingField",
+            "MessageTooLarge",
             "ValidationError",
             "ValidationError",
         ]
     );
-    let descriptions: Vec<String> = dl
-        .iter()
-        .map(|d| {
-            d.message
-                .properties
-                .get_str("cs-dead-letter-description")
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert!(
-        descriptions.iter().any(|d| d.contains("boom on order 666")),
-        "{descriptions:?}"
-    );
-    assert!(
-        descriptions.iter().any(|d| d.contains("UnknownEventType")),
-        "{descriptions:?}"
-    );
-    assert!(
-        descriptions.iter().any(|d| d.contains("PayloadMismatch")),
-        "{descriptions:?}"
-    );
-    assert!(
-        descriptions.iter().any(|d| d.contains("`eventId`")),
-        "{descriptions:?}"
-    );
+    let all = format!("{got:?}");
+    for needle in [
+        "boom on order 666",
+        "UnknownEventType",
+        "PayloadMismatch",
+        "field `tenantId`",
+        "`tenantId` is required but missing",
+        "exceeds this consumer's 8192-byte limit",
+        "invalid byte at offset 0",
+    ] {
+        assert!(all.contains(needle), "`{needle}` not in {all}");
+    }
+    // The consumer survived all of it (including the panic) and is still consuming.
+    bus.publish(&t, &OrderPlaced { n: 4 }).await.unwrap();
+    wait_until("still consuming", || handled.load(Ordering::SeqCst) == 4).await;
+    assert_eq!(consumer.counts().dead_lettered, 8);
     bus.shutdown().await.unwrap();
 }
 

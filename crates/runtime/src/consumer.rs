@@ -42,6 +42,9 @@ pub struct ConsumerOptions {
     /// Circuit breaker for external-system failures; `None` disables it. Default: 5 consecutive
     /// external failures open it for 30 s.
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Largest message body this consumer accepts; larger ones are dead-lettered as
+    /// `MessageTooLarge` without being parsed. Default 256 KiB (Service Bus standard tier).
+    pub max_message_bytes: usize,
 }
 
 impl Default for ConsumerOptions {
@@ -52,6 +55,7 @@ impl Default for ConsumerOptions {
             shutdown_grace: Duration::from_secs(10),
             receive_wait: Duration::from_secs(1),
             circuit_breaker: Some(CircuitBreakerConfig::default()),
+            max_message_bytes: 256 * 1024,
         }
     }
 }
@@ -222,8 +226,30 @@ struct Failure {
 
 async fn process(spec: &ConsumerSpec, delivery: Delivery) {
     let attempt = delivery.delivery_count;
-    let (outcome, failure) = match delivery.message.envelope() {
-        Err(e) => (
+    let size = delivery.message.body.len();
+    let parsed = if size > spec.options.max_message_bytes {
+        Err(None)
+    } else {
+        delivery.message.envelope().map_err(Some)
+    };
+    let (outcome, failure) = match parsed {
+        Err(None) => {
+            let msg = format!(
+                "message body of {size} bytes exceeds this consumer's {}-byte limit",
+                spec.options.max_message_bytes
+            );
+            (
+                Outcome::DeadLetter {
+                    reason: "MessageTooLarge".into(),
+                    description: msg.clone(),
+                },
+                Some(Failure {
+                    kind: ErrorKind::Validation,
+                    chain: vec![msg],
+                }),
+            )
+        }
+        Err(Some(e)) => (
             Outcome::DeadLetter {
                 reason: format!("MalformedEnvelope.{}", e.kind()),
                 description: e.to_string(),
