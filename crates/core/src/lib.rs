@@ -14,6 +14,7 @@ pub mod event_type;
 pub mod fault;
 pub mod filter;
 pub mod ids;
+pub mod outbox;
 pub mod properties;
 pub mod transport;
 

@@ -1,0 +1,1 @@
+//! eventyard stores on PostgreSQL.
