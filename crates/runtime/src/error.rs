@@ -32,3 +32,9 @@ pub enum BusError {
     #[error("invalid configuration: {0}")]
     Config(String),
 }
+
+impl From<eventyard_core::IdError> for BusError {
+    fn from(e: eventyard_core::IdError) -> Self {
+        BusError::Envelope(EnvelopeError::InvalidId(e))
+    }
+}
