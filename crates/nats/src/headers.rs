@@ -1,0 +1,258 @@
+//! Message properties ↔ NATS headers, with their types.
+//!
+//! - A property whose name is a plain header name (printable ASCII without `:`, not starting with
+//!   the reserved `Nats-` or `Eventyard-`) and whose value is a string without control characters
+//!   or leading/trailing whitespace travels as the header itself: `cs-tenant-id: acme`. Other
+//!   tools see ordinary headers.
+//! - A boolean, integer or float with a plain name travels the same way (`x-count: 42`,
+//!   `x-ratio: 0.25`, shortest round-trip float text) and its name is listed in an
+//!   `Eventyard-Type` header (`i:x-count`, `f:x-ratio`, `b:x-flag`), so it is read back with its
+//!   type.
+//! - Anything else (odd names, multi-line or padded strings) travels as one
+//!   `Eventyard-Prop: ["name","s|i|f|b","value"]` header (JSON) per property.
+//!
+//! Headers starting with `Nats-` or `Eventyard-` are never properties. Headers from other
+//! publishers become string properties.
+
+use async_nats::HeaderMap;
+use eventyard_core::{Properties, PropertyValue};
+
+/// Lists the names of typed (non-string) properties: `i:name`, `f:name`, `b:name`.
+pub(crate) const TYPE_HEADER: &str = "Eventyard-Type";
+/// One property that cannot travel as a plain header: `["name","type","value"]`.
+pub(crate) const PROP_HEADER: &str = "Eventyard-Prop";
+/// Scheduled delivery time (microseconds since the Unix epoch), on the schedule stream.
+pub(crate) const DELIVER_AT_HEADER: &str = "Eventyard-Deliver-At";
+/// Subject a scheduled message is moved to when due, on the schedule stream.
+pub(crate) const TARGET_HEADER: &str = "Eventyard-Target";
+/// Structured failure context (JSON) of a dead-lettered message.
+pub(crate) const DEAD_LETTER_CONTEXT_HEADER: &str = "Eventyard-Dead-Letter-Context";
+/// When the message was dead-lettered (RFC 3339).
+pub(crate) const DEAD_LETTER_TIME_HEADER: &str = "Eventyard-Dead-Letter-Time";
+/// Stream sequence of the message in the queue it was dead-lettered from.
+pub(crate) const DEAD_LETTER_SEQUENCE_HEADER: &str = "Eventyard-Dead-Letter-Sequence";
+
+fn is_reserved(name: &str) -> bool {
+    let lower = |n: usize| name.get(..n).map(str::to_ascii_lowercase);
+    lower(5).as_deref() == Some("nats-") || lower(10).as_deref() == Some("eventyard-")
+}
+
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        && !is_reserved(name)
+}
+
+fn plain_value(value: &str) -> bool {
+    !value.chars().any(char::is_control)
+        && !value.starts_with(char::is_whitespace)
+        && !value.ends_with(char::is_whitespace)
+}
+
+fn type_code(value: &PropertyValue) -> &'static str {
+    match value {
+        PropertyValue::Bool(_) => "b",
+        PropertyValue::Int(_) => "i",
+        PropertyValue::Float(_) => "f",
+        PropertyValue::String(_) => "s",
+    }
+}
+
+fn text(value: &PropertyValue) -> String {
+    match value {
+        PropertyValue::Bool(b) => b.to_string(),
+        PropertyValue::Int(i) => i.to_string(),
+        // `{:?}` is the shortest text that parses back to the same f64 (`0.25`, `1.0`, `NaN`).
+        PropertyValue::Float(x) => format!("{x:?}"),
+        PropertyValue::String(s) => s.clone(),
+    }
+}
+
+fn parse(code: &str, text: &str) -> Option<PropertyValue> {
+    Some(match code {
+        "b" => PropertyValue::Bool(text.parse().ok()?),
+        "i" => PropertyValue::Int(text.parse().ok()?),
+        "f" => PropertyValue::Float(text.parse().ok()?),
+        "s" => PropertyValue::String(text.to_owned()),
+        _ => return None,
+    })
+}
+
+/// Adds the headers carrying `props` to `headers`.
+pub(crate) fn encode(props: &Properties, headers: &mut HeaderMap) {
+    for (name, value) in props.iter() {
+        let plain = plain_name(name)
+            && match value {
+                PropertyValue::String(s) => plain_value(s),
+                _ => true,
+            };
+        if plain {
+            if !matches!(value, PropertyValue::String(_)) {
+                headers.append(TYPE_HEADER, format!("{}:{name}", type_code(value)));
+            }
+            headers.insert(name.as_str(), text(value));
+        } else {
+            let encoded =
+                serde_json::to_string(&(name, type_code(value), text(value))).unwrap_or_default();
+            headers.append(PROP_HEADER, encoded);
+        }
+    }
+}
+
+/// The properties carried by `headers` (see the module docs).
+pub(crate) fn decode(headers: Option<&HeaderMap>) -> Properties {
+    let mut props = Properties::new();
+    let Some(headers) = headers else {
+        return props;
+    };
+    let mut typed: Vec<(&str, &str)> = Vec::new();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name == TYPE_HEADER {
+            typed.extend(values.iter().filter_map(|v| v.as_str().split_once(':')));
+        } else if name == PROP_HEADER {
+            for v in values {
+                if let Ok((n, code, t)) =
+                    serde_json::from_str::<(String, String, String)>(v.as_str())
+                    && let Some(value) = parse(&code, &t)
+                {
+                    props.insert(n, value);
+                }
+            }
+        } else if !is_reserved(name)
+            && let Some(last) = values.last()
+        {
+            props.insert(name, last.as_str());
+        }
+    }
+    for (code, name) in typed {
+        if let Some(PropertyValue::String(t)) = props.get(name)
+            && let Some(value) = parse(code, t)
+        {
+            props.insert(name, value);
+        }
+    }
+    props
+}
+
+/// Bytes the headers take on the wire (as the server counts them against `max_payload`).
+pub(crate) fn wire_len(headers: &HeaderMap) -> usize {
+    let mut len = b"NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for v in values {
+            len += name.len() + 2 + v.as_str().len() + 2;
+        }
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(props: &Properties) -> Properties {
+        let mut headers = HeaderMap::new();
+        encode(props, &mut headers);
+        // Through the wire format, as the server and the client parser see it.
+        let bytes = headers_to_wire(&headers);
+        assert_eq!(bytes.len(), wire_len(&headers));
+        decode(Some(&parse_wire(&bytes)))
+    }
+
+    fn headers_to_wire(headers: &HeaderMap) -> Vec<u8> {
+        let mut out = b"NATS/1.0\r\n".to_vec();
+        for (name, values) in headers.iter() {
+            for v in values {
+                out.extend_from_slice(AsRef::<[u8]>::as_ref(name));
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_str().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// Mirrors async-nats's header parser (values trimmed, lines split on line breaks).
+    fn parse_wire(bytes: &[u8]) -> HeaderMap {
+        let text = std::str::from_utf8(bytes).expect("utf-8");
+        let mut headers = HeaderMap::new();
+        for line in text.lines().skip(1).filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(':').expect("name: value");
+            headers.append(name, value.trim());
+        }
+        headers
+    }
+
+    #[test]
+    fn typed_properties_round_trip() {
+        let mut p = Properties::new();
+        p.insert("cs-tenant-id", "acme");
+        p.insert("cs-schema-version", 3_i64);
+        p.insert("x-count", -42_i64);
+        p.insert("x-big", i64::MAX);
+        p.insert("x-ratio", 0.25_f64);
+        p.insert("x-whole-float", 1.0_f64);
+        p.insert("x-tiny", 1e-300_f64);
+        p.insert("x-inf", f64::INFINITY);
+        p.insert("x-flag", true);
+        p.insert("x-false", false);
+        p.insert("x-text", "naïve ✓");
+        p.insert("x-number-like", "42");
+        p.insert("x-bool-like", "true");
+        p.insert("x-empty", "");
+        p.insert("x-padded", "  spaces  ");
+        p.insert("x-lines", "one\r\ntwo\nthree");
+        p.insert("x-tab", "a\tb");
+        p.insert("odd name: ü", "v");
+        p.insert("Nats-Msg-Id", "not the real one");
+        p.insert("eventyard-type", 7_i64);
+        p.insert("x-json", "[\"x\",\"i\",\"1\"]");
+        assert_eq!(round_trip(&p), p);
+    }
+
+    #[test]
+    fn plain_strings_are_plain_headers() {
+        let mut p = Properties::new();
+        p.insert("cs-tenant-id", "acme");
+        p.insert("x-count", 5_i64);
+        let mut headers = HeaderMap::new();
+        encode(&p, &mut headers);
+        assert_eq!(
+            headers.get("cs-tenant-id").map(|v| v.as_str()),
+            Some("acme")
+        );
+        assert_eq!(headers.get("x-count").map(|v| v.as_str()), Some("5"));
+        assert_eq!(
+            headers.get(TYPE_HEADER).map(|v| v.as_str()),
+            Some("i:x-count")
+        );
+        assert!(headers.get(PROP_HEADER).is_none());
+    }
+
+    #[test]
+    fn nan_round_trips_as_nan() {
+        let mut p = Properties::new();
+        p.insert("x", f64::NAN);
+        match round_trip(&p).get("x") {
+            Some(PropertyValue::Float(x)) => assert!(x.is_nan()),
+            other => panic!("expected NaN, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn foreign_and_reserved_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "abc");
+        headers.insert("Eventyard-Deliver-At", "1");
+        headers.insert("X-Foreign", "value");
+        headers.append(TYPE_HEADER, "i:X-Foreign");
+        headers.append(PROP_HEADER, "not json");
+        let p = decode(Some(&headers));
+        assert_eq!(p.len(), 1, "{p:?}");
+        // A type marker that does not parse leaves the string.
+        assert_eq!(p.get_str("X-Foreign"), Some("value"));
+        assert!(decode(None).is_empty());
+    }
+}

@@ -1,0 +1,249 @@
+//! Publishing: headers, size checks, a window of publish acknowledgements, scheduled messages.
+
+use std::future::IntoFuture;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use chrono::Utc;
+use eventyard_core::properties::names;
+use eventyard_core::transport::check_name;
+use eventyard_core::{OutgoingMessage, Properties, TransportError};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+use crate::error::{publish_error, unavailable};
+use crate::headers::{self, DELIVER_AT_HEADER, TARGET_HEADER};
+use crate::transport::Shared;
+
+/// A message ready to go: subject, headers, body.
+pub(crate) struct Prepared {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The `Nats-Msg-Id` of a message: its event id, so that a publish retried after an unclear
+/// failure is stored once (within the stream's two-minute duplicate window). A re-driven message
+/// (`cs-replayed`) gets a distinct id, or it would be dropped as a duplicate of the original.
+pub(crate) fn message_id(props: &Properties) -> Option<String> {
+    let id = props.get_str(names::EVENT_ID)?;
+    Some(match props.get(names::REPLAYED) {
+        Some(replayed) => format!("{id}~replayed~{replayed}"),
+        None => id.to_owned(),
+    })
+}
+
+/// Checks sizes and builds every message of the batch before anything is sent, so that a batch
+/// with an oversized message publishes nothing.
+fn prepare(
+    shared: &Shared,
+    topic: &str,
+    messages: Vec<OutgoingMessage>,
+) -> Result<Vec<Prepared>, TransportError> {
+    let now_us = Utc::now().timestamp_micros();
+    let mut prepared = Vec::with_capacity(messages.len());
+    for outgoing in messages {
+        let OutgoingMessage {
+            message,
+            deliver_at,
+        } = outgoing;
+        if message.body.len() > shared.max_message_size {
+            return Err(TransportError::MessageTooLarge {
+                size: message.body.len(),
+                max: shared.max_message_size,
+            });
+        }
+        let mut headers = HeaderMap::new();
+        headers::encode(&message.properties, &mut headers);
+        if let Some(id) = message_id(&message.properties) {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
+        let mut subject = shared.names.message_subject(topic, &message.properties);
+        if let Some(at) = deliver_at.map(|t| t.timestamp_micros())
+            && at > now_us
+        {
+            headers.insert(DELIVER_AT_HEADER, at.to_string());
+            headers.insert(TARGET_HEADER, subject);
+            subject = shared.names.schedule_subject(topic);
+        }
+        let wire = headers::wire_len(&headers) + message.body.len();
+        if wire > shared.max_wire_size {
+            return Err(TransportError::MessageTooLarge {
+                size: wire,
+                max: shared.max_wire_size,
+            });
+        }
+        prepared.push(Prepared {
+            subject,
+            headers,
+            body: message.body,
+        });
+    }
+    Ok(prepared)
+}
+
+/// Publishes with up to `publish_window` acknowledgements in flight; returns once every message
+/// is acknowledged by the server, or with the first failure (after the rest settled).
+pub(crate) async fn publish(
+    shared: &Shared,
+    topic: &str,
+    messages: Vec<OutgoingMessage>,
+) -> Result<(), TransportError> {
+    shared.check_open()?;
+    check_name("topic", topic)?;
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let prepared = prepare(shared, topic, messages)?;
+    let outcome = send_all(shared, prepared).await;
+    match outcome {
+        Outcome::Ok => Ok(()),
+        Outcome::Failed(e) => Err(e),
+        Outcome::NoStream => {
+            // No stream took the subject. Either nobody ever subscribed to the topic (then the
+            // message matches no subscription and is discarded, as the contract says), or
+            // JetStream is not ready (restarting): only a definite "stream not found" may
+            // discard.
+            let stream = shared.names.topic_stream(topic);
+            if shared.api.stream_exists(&stream).await? {
+                Err(unavailable(format!(
+                    "publish to `{topic}` found no stream although {stream} exists; \
+                     JetStream not ready?"
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+pub(crate) enum Outcome {
+    Ok,
+    NoStream,
+    Failed(TransportError),
+}
+
+/// Why one publish failed.
+enum Failure {
+    NoStream,
+    Error(TransportError),
+}
+
+fn classify(e: &async_nats::jetstream::context::PublishError) -> Failure {
+    if e.kind() == PublishErrorKind::StreamNotFound {
+        Failure::NoStream
+    } else {
+        Failure::Error(publish_error(e))
+    }
+}
+
+/// Hands one message to the client; bounded, since waiting for an acknowledgement permit is
+/// not.
+async fn send(shared: &Shared, p: Prepared) -> Result<PublishAckFuture, Failure> {
+    let timeout = shared.cfg.request_timeout;
+    let message = PublishMessage::build().payload(p.body).headers(p.headers);
+    match tokio::time::timeout(timeout, shared.js.send_publish(p.subject, message)).await {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_) => Err(Failure::Error(unavailable(format!(
+            "publish not sent within {timeout:?}"
+        )))),
+    }
+}
+
+/// Sends prepared messages with up to `publish_window` acknowledgements outstanding, and awaits
+/// every acknowledgement. Each one is awaited concurrently and bounded from its send, so an
+/// outage costs one timeout, not one per message.
+pub(crate) async fn send_all(shared: &Shared, prepared: Vec<Prepared>) -> Outcome {
+    let window = shared.cfg.publish_window.max(1);
+    let timeout = shared.cfg.request_timeout;
+    let mut in_flight = FuturesUnordered::new();
+    let mut no_stream = false;
+    let mut failure: Option<TransportError> = None;
+    let mut record = |result: Result<(), Failure>| match result {
+        Ok(()) => {}
+        Err(Failure::NoStream) => no_stream = true,
+        Err(Failure::Error(e)) => {
+            failure.get_or_insert(e);
+        }
+    };
+    for p in prepared {
+        while in_flight.len() >= window {
+            if let Some(result) = in_flight.next().await {
+                record(result);
+            }
+        }
+        match send(shared, p).await {
+            Ok(ack) => {
+                let deadline = Instant::now() + timeout;
+                in_flight.push(async move {
+                    match tokio::time::timeout_at(deadline, ack.into_future()).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(classify(&e)),
+                        Err(_) => Err(Failure::Error(unavailable(format!(
+                            "publish not acknowledged within {timeout:?}"
+                        )))),
+                    }
+                });
+            }
+            Err(failure) => {
+                record(Err(failure));
+                break;
+            }
+        }
+        if shared.is_closed() {
+            break;
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        record(result);
+    }
+    if let Some(e) = failure {
+        Outcome::Failed(e)
+    } else if shared.is_closed() {
+        Outcome::Failed(TransportError::Closed)
+    } else if no_stream {
+        Outcome::NoStream
+    } else {
+        Outcome::Ok
+    }
+}
+
+/// Publishes one prepared message and waits for its acknowledgement; `Ok(false)` when no stream
+/// takes the subject.
+pub(crate) async fn publish_one(shared: &Shared, p: Prepared) -> Result<bool, TransportError> {
+    let timeout = shared.cfg.request_timeout;
+    let result = match send(shared, p).await {
+        Ok(ack) => match tokio::time::timeout(timeout, ack.into_future()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(Failure::Error(unavailable(format!(
+                "publish not acknowledged within {timeout:?}"
+            )))),
+        },
+        Err(failure) => Err(failure),
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(Failure::NoStream) => Ok(false),
+        Err(Failure::Error(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids() {
+        let mut p = Properties::new();
+        assert_eq!(message_id(&p), None);
+        p.insert(names::EVENT_ID, "evt-1");
+        assert_eq!(message_id(&p).as_deref(), Some("evt-1"));
+        p.insert(names::REPLAYED, true);
+        assert_eq!(message_id(&p).as_deref(), Some("evt-1~replayed~true"));
+    }
+}

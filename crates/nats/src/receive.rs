@@ -1,0 +1,521 @@
+//! [`NatsReceiver`]: pull requests on a subscription's durable consumer, peek-lock deliveries.
+//!
+//! Each receiver owns one inbox subscription (`<inbox>.*`); every pull request gets its own
+//! reply subject `<inbox>.<n>`, so the status that ends a request (408 timeout, 404 no
+//! messages, 409 consumer deleted) is matched to it. A `receive` call makes at most one
+//! `no_wait` request for up to `max` messages and, if that found nothing, long-polls for one
+//! message (server-side `expires` within the wait, at most 5 s per request). It never leaves a
+//! request open at the server when it returns normally, so messages are not locked to a receiver
+//! that is not asking for them; whatever still arrives later (from a cancelled call) is kept and
+//! returned by the next call, or released when the receiver is dropped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Message as NatsMessage, StatusCode, Subscriber};
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
+use eventyard_core::{DeadLetterInfo, Delivery, Message, Receiver, SubQueue, TransportError};
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::unavailable;
+use crate::headers;
+use crate::schedule::Pump;
+use crate::settle::{Locked, NatsSettle, Origin, Original, copy_to_dead_letter};
+use crate::topology::{self, SubMeta};
+use crate::transport::Shared;
+
+/// Longest server-side wait of one pull request.
+const MAX_LONG_POLL: Duration = Duration::from_secs(5);
+/// Below this much remaining wait, no long poll is started.
+const MIN_LONG_POLL: Duration = Duration::from_millis(40);
+/// The server ends a long poll this much before the caller's deadline.
+const LONG_POLL_MARGIN: Duration = Duration::from_millis(15);
+/// How long past its expiry a request with no answer is still waited for.
+const REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// Settings are reloaded at least this often (change notices make it sooner).
+const META_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// A pull request awaiting its end.
+struct Pull {
+    token: u64,
+    remaining: usize,
+    no_wait: bool,
+    /// Local time after which it is presumed lost (server restart, vanished consumer).
+    gone_at: Instant,
+    answered: bool,
+}
+
+/// Fields of a JetStream ack subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckInfo {
+    pub delivered: u64,
+    pub stream_sequence: u64,
+    pub timestamp_ns: i64,
+}
+
+/// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (and the
+/// longer form with domain and account hash).
+pub(crate) fn parse_ack_subject(reply: &str) -> Option<AckInfo> {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
+        return None;
+    }
+    let base = if tokens.len() == 9 { 4 } else { 6 };
+    Some(AckInfo {
+        delivered: tokens.get(base)?.parse().ok()?,
+        stream_sequence: tokens.get(base + 1)?.parse().ok()?,
+        timestamp_ns: tokens.get(base + 3)?.parse().ok()?,
+    })
+}
+
+/// Local lock deadline of a delivery received now: the lock, less a margin for the time the
+/// message spent between the server's send (where its ack wait starts) and here.
+fn lock_deadline(received: Instant, lock: Duration) -> Instant {
+    let margin = (lock / 20).min(Duration::from_millis(25));
+    later(received, lock.saturating_sub(margin))
+}
+
+/// `at + d`, saturating about a century ahead instead of overflowing.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// A receiver on one subscription's main queue or dead-letter sub-queue.
+pub(crate) struct NatsReceiver {
+    shared: Arc<Shared>,
+    origin: Arc<Origin>,
+    stream: String,
+    consumer: String,
+    next_subject: String,
+    inbox: String,
+    inbox_sub: Subscriber,
+    control: Subscriber,
+    meta: SubMeta,
+    meta_loaded: Instant,
+    pulls: VecDeque<Pull>,
+    ready: VecDeque<Delivery>,
+    next_token: u64,
+    closed: watch::Receiver<bool>,
+    _pump: Option<Arc<Pump>>,
+}
+
+impl NatsReceiver {
+    /// Opens a receiver; `UnknownSubscription` if the subscription was never declared.
+    pub(crate) async fn open(
+        shared: &Arc<Shared>,
+        topic: &str,
+        subscription: &str,
+        queue: SubQueue,
+    ) -> Result<Self, TransportError> {
+        let (stream, consumer, meta) = topology::locate(shared, topic, subscription, queue).await?;
+        let client = &shared.client;
+        let inbox = client.new_inbox();
+        let inbox_sub = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| unavailable(format!("subscribing the receiver's inbox: {e}")))?;
+        let control = client
+            .subscribe(shared.names.control_subject(topic, subscription))
+            .await
+            .map_err(|e| unavailable(format!("subscribing to change notices: {e}")))?;
+        // Scheduled messages of the topic are moved while someone receives from it.
+        let pump = (queue == SubQueue::Main).then(|| shared.pump(topic));
+        Ok(NatsReceiver {
+            origin: Arc::new(Origin {
+                topic: topic.to_owned(),
+                subscription: subscription.to_owned(),
+                queue,
+                dead_letter_subject: shared.names.dead_letter_subject(topic, subscription),
+            }),
+            next_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+            stream,
+            consumer,
+            inbox,
+            inbox_sub,
+            control,
+            meta,
+            meta_loaded: Instant::now(),
+            pulls: VecDeque::new(),
+            ready: VecDeque::new(),
+            next_token: 0,
+            closed: shared.closed_signal(),
+            shared: Arc::clone(shared),
+            _pump: pump,
+        })
+    }
+
+    fn unknown(&self) -> TransportError {
+        TransportError::UnknownSubscription {
+            topic: self.origin.topic.clone(),
+            subscription: self.origin.subscription.clone(),
+        }
+    }
+
+    /// Reloads the subscription's settings after a change notice, or when they are old.
+    async fn refresh_meta(&mut self) -> Result<(), TransportError> {
+        let mut changed = false;
+        while let Some(Some(_)) = self.control.next().now_or_never() {
+            changed = true;
+        }
+        if changed || self.meta_loaded.elapsed() >= META_MAX_AGE {
+            let o = &self.origin;
+            self.meta = topology::load_meta(
+                &self.shared,
+                &self.stream,
+                &self.consumer,
+                &o.topic,
+                &o.subscription,
+            )
+            .await?;
+            self.meta_loaded = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Asks the server for up to `batch` messages: at once (`no_wait`) or waiting up to
+    /// `expires`.
+    async fn pull(
+        &mut self,
+        batch: usize,
+        expires: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        self.next_token += 1;
+        let token = self.next_token;
+        let body = match expires {
+            Some(e) => json!({ "batch": batch, "expires": crate::api::nanos(e) }),
+            None => json!({ "batch": batch, "no_wait": true }),
+        };
+        let reply = format!("{}.{token}", self.inbox);
+        self.shared
+            .client
+            .publish_with_reply(
+                self.next_subject.clone(),
+                reply,
+                Bytes::from(body.to_string()),
+            )
+            .await
+            .map_err(|e| unavailable(format!("pull request: {e}")))?;
+        self.pulls.push_back(Pull {
+            token,
+            remaining: batch,
+            no_wait: expires.is_none(),
+            gone_at: Instant::now() + expires.unwrap_or_default() + REQUEST_GRACE,
+            answered: false,
+        });
+        Ok(())
+    }
+
+    /// Handles everything that already arrived, without waiting.
+    async fn drain_arrived(&mut self) -> Result<(), TransportError> {
+        while let Some(next) = self.inbox_sub.next().now_or_never() {
+            match next {
+                Some(message) => self.on_message(message).await?,
+                None => return Err(self.ended()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for an inbox subscription that ended.
+    fn ended(&self) -> TransportError {
+        if self.shared.is_closed() {
+            TransportError::Closed
+        } else {
+            unavailable("the connection to the server was closed")
+        }
+    }
+
+    /// Drops requests presumed lost; if one never got any answer, checks that the consumer still
+    /// exists.
+    async fn expire_pulls(&mut self) -> Result<(), TransportError> {
+        let now = Instant::now();
+        let mut silent = false;
+        self.pulls.retain(|p| {
+            let keep = p.gone_at > now;
+            silent |= !keep && !p.answered;
+            keep
+        });
+        if silent {
+            self.refresh_meta_now().await?;
+        }
+        Ok(())
+    }
+
+    async fn refresh_meta_now(&mut self) -> Result<(), TransportError> {
+        self.meta_loaded = Instant::now() - META_MAX_AGE;
+        self.refresh_meta().await
+    }
+
+    /// One message or status from the inbox.
+    async fn on_message(&mut self, message: NatsMessage) -> Result<(), TransportError> {
+        match message.status {
+            None | Some(StatusCode::OK) => {}
+            Some(StatusCode::IDLE_HEARTBEAT) => return Ok(()),
+            Some(status) => {
+                // The end of one request, named by its reply subject.
+                let token = message
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok());
+                self.pulls.retain(|p| Some(p.token) != token);
+                let deleted = status == StatusCode::REQUEST_TERMINATED
+                    && message
+                        .description
+                        .as_deref()
+                        .is_some_and(|d| d.to_ascii_lowercase().contains("deleted"));
+                if deleted {
+                    return Err(self.unknown());
+                }
+                if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
+                    tracing::debug!(
+                        "nats: pull request on {} ended with {status} {:?}",
+                        self.consumer,
+                        message.description
+                    );
+                }
+                return Ok(());
+            }
+        }
+        // A message: it fills the oldest open request.
+        if let Some(front) = self.pulls.front_mut() {
+            front.answered = true;
+            front.remaining = front.remaining.saturating_sub(1);
+            if front.remaining == 0 {
+                self.pulls.pop_front();
+            }
+        }
+        self.accept(message).await
+    }
+
+    /// Turns a delivered message into a [`Delivery`] (or filters / dead-letters it).
+    async fn accept(&mut self, message: NatsMessage) -> Result<(), TransportError> {
+        let received = Instant::now();
+        let Some(reply) = message.reply else {
+            return Ok(());
+        };
+        let Some(ack) = parse_ack_subject(reply.as_str()) else {
+            tracing::warn!(
+                "nats: unexpected reply subject {reply} on {}",
+                self.consumer
+            );
+            return Ok(());
+        };
+        let properties = headers::decode(message.headers.as_ref());
+        let count = u32::try_from(ack.delivered).unwrap_or(u32::MAX);
+        if self.origin.queue == SubQueue::Main {
+            // The consumer's filter subject applied the tenant/type part natively; the whole
+            // filter is applied here (a no-op for what the subject already selected).
+            if !self.meta.filter.matches(&properties) {
+                if let Err(e) = self
+                    .shared
+                    .client
+                    .publish(reply, Bytes::from_static(b"+ACK"))
+                    .await
+                {
+                    tracing::debug!("nats: ack of a filtered-out message failed: {e}");
+                }
+                return Ok(());
+            }
+            if count > self.meta.max_delivery_count {
+                let info = DeadLetterInfo::new(
+                    MAX_DELIVERY_EXCEEDED,
+                    format!(
+                        "delivered {count} times; the subscription allows {}",
+                        self.meta.max_delivery_count
+                    ),
+                );
+                let original = Original {
+                    headers: message.headers,
+                    body: message.payload,
+                };
+                let moved = copy_to_dead_letter(
+                    &self.shared,
+                    &self.origin,
+                    ack.stream_sequence,
+                    &original,
+                    &info,
+                )
+                .await;
+                match moved {
+                    Ok(()) => {
+                        self.shared
+                            .settle_request(reply, Bytes::from_static(b"+ACK"), "dead-letter")
+                            .await
+                            .unwrap_or_else(|e| tracing::warn!("nats: {e}"));
+                    }
+                    // Left locked: it comes back at lock expiry and is tried again.
+                    Err(e) => tracing::warn!("nats: dead-lettering failed: {e}"),
+                }
+                return Ok(());
+            }
+        }
+        let enqueued_at = DateTime::<Utc>::from_timestamp_nanos(ack.timestamp_ns);
+        let settle = NatsSettle {
+            shared: Arc::clone(&self.shared),
+            origin: Arc::clone(&self.origin),
+            locked: Locked {
+                reply,
+                sequence: ack.stream_sequence,
+                deadline: lock_deadline(received, self.meta.lock()),
+            },
+            original: Original {
+                headers: message.headers,
+                body: message.payload.clone(),
+            },
+            settled: false,
+        };
+        self.ready.push_back(Delivery::new(
+            Message {
+                body: message.payload,
+                properties,
+            },
+            count,
+            enqueued_at,
+            ack.stream_sequence,
+            self.origin.subscription.clone(),
+            Box::new(settle),
+        ));
+        Ok(())
+    }
+
+    /// Waits until something arrives, the transport closes, or `until`.
+    async fn wait(&mut self, until: Instant) -> Result<(), TransportError> {
+        tokio::select! {
+            biased;
+            _ = self.closed.changed() => Err(TransportError::Closed),
+            next = self.inbox_sub.next() => match next {
+                Some(message) => self.on_message(message).await,
+                None => Err(self.ended()),
+            },
+            _ = tokio::time::sleep_until(until) => Ok(()),
+        }
+    }
+
+    fn take(&mut self, max: usize) -> Vec<Delivery> {
+        let n = self.ready.len().min(max);
+        self.ready.drain(..n).collect()
+    }
+}
+
+#[async_trait]
+impl Receiver for NatsReceiver {
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        self.shared.check_open()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.refresh_meta().await?;
+        let deadline = later(Instant::now(), wait);
+        let mut polled = false;
+        loop {
+            self.drain_arrived().await?;
+            self.expire_pulls().await?;
+            if self.ready.len() >= max {
+                break;
+            }
+            let now = Instant::now();
+            let no_wait_open = self.pulls.iter().find(|p| p.no_wait).map(|p| p.gone_at);
+            if let Some(gone_at) = no_wait_open {
+                // A no_wait request answers at once: wait for its end.
+                self.wait(gone_at).await?;
+                continue;
+            }
+            if !self.ready.is_empty() {
+                break;
+            }
+            if !polled {
+                polled = true;
+                self.pull(max, None).await?;
+                continue;
+            }
+            if now >= deadline {
+                break;
+            }
+            if self.pulls.is_empty() {
+                let left = deadline - now;
+                if left < MIN_LONG_POLL {
+                    self.wait(deadline).await?;
+                    continue;
+                }
+                let expires = (left - LONG_POLL_MARGIN).min(MAX_LONG_POLL);
+                self.pull(1, Some(expires)).await?;
+            }
+            let until = self
+                .pulls
+                .iter()
+                .map(|p| p.gone_at)
+                .min()
+                .map_or(deadline, |g| g.min(deadline));
+            self.wait(until).await?;
+        }
+        Ok(self.take(max))
+    }
+}
+
+impl Drop for NatsReceiver {
+    fn drop(&mut self) {
+        // Deliveries fetched but never handed out are released (their settle handles NAK on
+        // drop); so is whatever already arrived.
+        while let Some(Some(message)) = self.inbox_sub.next().now_or_never() {
+            if message.status.is_none()
+                && let Some(reply) = message.reply
+            {
+                crate::settle::release(&self.shared, reply);
+            }
+        }
+        self.ready.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_subjects() {
+        assert_eq!(
+            parse_ack_subject("$JS.ACK.S_T_x~y.c1.2.5.8.1795795405786402422.0"),
+            Some(AckInfo {
+                delivered: 2,
+                stream_sequence: 5,
+                timestamp_ns: 1_795_795_405_786_402_422
+            })
+        );
+        assert_eq!(
+            parse_ack_subject("$JS.ACK.dom.hash.S.c.3.9.10.1700000000000000000.4.rand"),
+            Some(AckInfo {
+                delivered: 3,
+                stream_sequence: 9,
+                timestamp_ns: 1_700_000_000_000_000_000
+            })
+        );
+        assert_eq!(parse_ack_subject("_INBOX.abc.1"), None);
+        assert_eq!(parse_ack_subject("$JS.ACK.S.c.x.5.8.1.0"), None);
+    }
+
+    #[test]
+    fn lock_deadline_keeps_a_margin() {
+        let now = Instant::now();
+        assert_eq!(
+            lock_deadline(now, Duration::from_millis(300)),
+            now + Duration::from_millis(285)
+        );
+        assert_eq!(
+            lock_deadline(now, Duration::from_secs(30)),
+            now + Duration::from_millis(29_975)
+        );
+    }
+}
