@@ -172,7 +172,7 @@ pub async fn run(a: PublishArgs) -> anyhow::Result<ExitCode> {
         let msg = Message::from_envelope(&env);
         envelopes.push((Some(env), msg));
     }
-    let transport = eventyard::connect(&a.target.url())?;
+    let transport = eventyard::connect(&a.target.url()).await?;
     for (env, msg) in envelopes {
         let topic = match (&a.topic, &env) {
             (Some(t), _) => t.clone(),

@@ -82,7 +82,7 @@ pub async fn run(a: TailArgs) -> anyhow::Result<ExitCode> {
         Some(f) => Filter::sql(f).with_context(|| format!("--filter `{f}`"))?,
         None => Filter::all(),
     };
-    let transport = eventyard::connect(&a.target.url())?;
+    let transport = eventyard::connect(&a.target.url()).await?;
     let (name, ephemeral) = match &a.subscription {
         Some(s) => (s.clone(), false),
         None => (format!("tail-{}", std::process::id()), true),

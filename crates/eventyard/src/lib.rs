@@ -14,7 +14,7 @@
 //! struct ArtifactCreated { artifact_id: String }
 //! impl Event for ArtifactCreated { const EVENT_TYPE: &'static str = "ArtifactCreated"; }
 //!
-//! let bus = Bus::new(eventyard::connect("sqlite://eventyard.db")?);
+//! let bus = Bus::new(eventyard::connect("sqlite://eventyard.db").await?);
 //! bus.subscription("knowledge.ingest")
 //!     .handle(|e: ArtifactCreated, ctx: MessageContext| async move {
 //!         println!("{} from trace {}", e.artifact_id, ctx.envelope().trace_id);
@@ -31,24 +31,34 @@ use std::sync::Arc;
 
 pub use eventyard_core::{self as core, *};
 pub use eventyard_lineage as lineage;
+#[cfg(feature = "nats")]
+pub use eventyard_nats as nats;
 pub use eventyard_runtime::{self as runtime, *};
 #[cfg(feature = "sqlite")]
 pub use eventyard_sqlite as sqlite;
 
 /// Opens a transport by URL:
-/// - `sqlite://PATH[?synchronous=full|normal|off]` (or a bare file path): the embedded broker.
+/// - `sqlite://PATH[?synchronous=full|normal|off]` (or a bare file path): the embedded broker
+///   (feature `sqlite`, default);
+/// - `nats://host:port[?prefix=…]`: NATS JetStream (feature `nats`, default).
 ///
-/// Other schemes (`amqp://`, `nats://`, `sb://`) are reported as not available in this build.
-pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
+/// A broker that is down gives `TransportError::Unavailable` after a bounded retry.
+pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         #[cfg(feature = "sqlite")]
         "sqlite" | "" => Ok(Arc::new(eventyard_sqlite::SqliteBroker::open_url(url)?)),
-        "amqp" | "amqps" | "nats" | "sb" => Err(TransportError::Config(format!(
-            "`{url}`: the {scheme} transport is not available in this build yet (available: sqlite://)"
+        #[cfg(feature = "nats")]
+        "nats" => Ok(Arc::new(
+            eventyard_nats::NatsTransport::connect_url(url).await?,
+        )),
+        // Reached for schemes whose backend feature is disabled in this build.
+        #[allow(unreachable_patterns)]
+        "amqp" | "amqps" | "nats" | "sb" | "sqlite" => Err(TransportError::Config(format!(
+            "`{url}`: the {scheme} transport is not available in this build"
         ))),
         other => Err(TransportError::Config(format!(
-            "`{url}`: unknown transport scheme `{other}` (available: sqlite://PATH)"
+            "`{url}`: unknown transport scheme `{other}` (use sqlite://PATH or nats://HOST:PORT)"
         ))),
     }
 }

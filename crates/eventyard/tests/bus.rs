@@ -44,7 +44,9 @@ impl Fixture {
         format!("sqlite://{}", self.path.display())
     }
     fn bus(&self) -> Bus {
-        Bus::new(eventyard::connect(&self.url()).unwrap())
+        Bus::new(std::sync::Arc::new(
+            eventyard::sqlite::SqliteBroker::open_url(&self.url()).unwrap(),
+        ))
     }
 }
 
@@ -395,7 +397,7 @@ async fn poison_messages_are_dead_lettered_and_do_not_block_good_ones() {
 async fn topic_per_context_routes_by_type_filter() {
     let fx = Fixture::new();
     let bus = Bus::with_style(
-        eventyard::connect(&fx.url()).unwrap(),
+        eventyard::connect(&fx.url()).await.unwrap(),
         TopologyStyle::PerContext,
     );
     let orders = Arc::new(AtomicU32::new(0));
