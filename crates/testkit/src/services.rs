@@ -63,7 +63,10 @@ pub fn required() -> bool {
 }
 
 fn reachable(addr: &str) -> bool {
-    let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
     addrs
         .iter()
         .any(|a| TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok())
