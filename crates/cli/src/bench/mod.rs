@@ -81,6 +81,10 @@ pub struct EmbeddedArgs {
     /// Consumer concurrency (handlers running at once = messages locked at once).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,
+    /// Publishers pause while more than this many messages are published but not yet
+    /// acknowledged (0: unbounded — pure saturation, the default).
+    #[arg(long, default_value_t = 0)]
+    pub max_backlog: u64,
     /// Size of the envelope's JSON payload, in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
