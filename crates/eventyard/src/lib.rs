@@ -33,6 +33,8 @@ pub use eventyard_core::{self as core, *};
 pub use eventyard_lineage as lineage;
 #[cfg(feature = "nats")]
 pub use eventyard_nats as nats;
+#[cfg(feature = "rabbitmq")]
+pub use eventyard_rabbitmq as rabbitmq;
 pub use eventyard_runtime::{self as runtime, *};
 #[cfg(feature = "sqlite")]
 pub use eventyard_sqlite as sqlite;
@@ -40,7 +42,8 @@ pub use eventyard_sqlite as sqlite;
 /// Opens a transport by URL:
 /// - `sqlite://PATH[?synchronous=full|normal|off]` (or a bare file path): the embedded broker
 ///   (feature `sqlite`, default);
-/// - `nats://host:port[?prefix=…]`: NATS JetStream (feature `nats`, default).
+/// - `nats://host:port[?prefix=…]`: NATS JetStream (feature `nats`, default);
+/// - `amqp://user:pass@host:port/vhost[?…]`: RabbitMQ (feature `rabbitmq`, default).
 ///
 /// A broker that is down gives `TransportError::Unavailable` after a bounded retry.
 pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
@@ -52,13 +55,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         "nats" => Ok(Arc::new(
             eventyard_nats::NatsTransport::connect_url(url).await?,
         )),
+        #[cfg(feature = "rabbitmq")]
+        "amqp" | "amqps" => Ok(Arc::new(
+            eventyard_rabbitmq::AmqpTransport::connect_url(url).await?,
+        )),
         // Reached for schemes whose backend feature is disabled in this build.
         #[allow(unreachable_patterns)]
         "amqp" | "amqps" | "nats" | "sb" | "sqlite" => Err(TransportError::Config(format!(
             "`{url}`: the {scheme} transport is not available in this build"
         ))),
         other => Err(TransportError::Config(format!(
-            "`{url}`: unknown transport scheme `{other}` (use sqlite://PATH or nats://HOST:PORT)"
+            "`{url}`: unknown transport scheme `{other}` (use sqlite://PATH, nats://HOST:PORT or amqp://HOST:PORT)"
         ))),
     }
 }
