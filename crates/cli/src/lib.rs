@@ -10,6 +10,7 @@ pub mod bench;
 pub mod demo;
 pub mod dlq;
 pub mod duration;
+pub mod outbox;
 pub mod publish;
 pub mod tail;
 
@@ -56,6 +57,8 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Benchmarks that print ratios against a raw baseline measured in the same run.
     Bench(bench::BenchArgs),
+    /// The transactional outbox: status (backlog, lag, parked) and the relay.
+    Outbox(outbox::OutboxArgs),
 }
 
 /// Parses a human duration: `250ms`, `5s`, `2m`, `1h`, or plain seconds.
@@ -100,5 +103,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail(a) => tail::run(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Dlq(a) => dlq::run(a).await,
+        Command::Outbox(a) => outbox::run(a).await,
     }
 }

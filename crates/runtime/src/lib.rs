@@ -1,7 +1,8 @@
 //! eventyard runtime: the [`Bus`] (publish, subscribe), the consumer loop, handler result
 //! classification ([`HandlerError`] → [`Outcome`] via [`RetryPolicy`]) and automatic
 //! propagation of trace, correlation, tenant and causation from a handled event to the events
-//! its handler publishes. Generic over [`eventyard_core::Transport`].
+//! its handler publishes; and the outbox [`Relay`]. Generic over [`eventyard_core::Transport`]
+//! (and [`eventyard_core::outbox::OutboxStore`]).
 
 mod breaker;
 mod bus;
@@ -11,6 +12,7 @@ mod error;
 mod guard;
 mod handler;
 mod outcome;
+mod relay;
 mod retry;
 mod topology;
 
@@ -22,5 +24,6 @@ pub use error::BusError;
 pub use guard::TenantScope;
 pub use handler::{EnvelopeHandler, Handler};
 pub use outcome::{ErrorKind, HandlerError, Outcome};
+pub use relay::{CleanerConfig, Relay, RelayConfig, RelayCounts, RelayHandle, RelayMetrics};
 pub use retry::{Backoff, RetryPolicy};
 pub use topology::TopologyStyle;

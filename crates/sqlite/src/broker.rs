@@ -54,6 +54,7 @@ impl SqliteBroker {
             wake,
             queues: Mutex::new(std::collections::HashMap::new()),
             waiters: AtomicUsize::new(0),
+            outbox: watch::channel(0u64).0,
         });
         let thread_cfg = cfg.clone();
         let thread_shared = shared.clone();
@@ -106,12 +107,32 @@ impl SqliteBroker {
         T: Send + 'static,
         E: Send + 'static,
     {
+        self.exec(true, work).await
+    }
+
+    /// [`SqliteBroker::transaction`]; `wake_all: false` for the store's own bookkeeping, which
+    /// makes no message available and must not wake every receiver.
+    pub(crate) async fn exec<T, E, F>(
+        &self,
+        wake_all: bool,
+        work: F,
+    ) -> Result<Result<T, E>, TransportError>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         let f: crate::ops::ExecFn = Box::new(move |tx| match work(tx) {
             Ok(v) => Ok(Box::new(v) as Box<dyn std::any::Any + Send>),
             Err(e) => Err(Box::new(e) as Box<dyn std::any::Any + Send>),
         });
         let work = std::sync::Mutex::new(Some(f));
-        let r = writer::call(self.sender()?, |reply| Cmd::Exec { work, reply }).await?;
+        let r = writer::call(self.sender()?, |reply| Cmd::Exec {
+            work,
+            wake_all,
+            reply,
+        })
+        .await?;
         let wrong = || TransportError::Backend {
             backend: "sqlite",
             message: "internal: result of the wrong type".into(),
@@ -120,6 +141,11 @@ impl SqliteBroker {
             Ok(v) => Ok(*v.downcast::<T>().map_err(|_| wrong())?),
             Err(e) => Err(*e.downcast::<E>().map_err(|_| wrong())?),
         })
+    }
+
+    /// The state shared with the writer thread (wake-up signals).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     /// Message counts of every subscription (available, pending, dead-lettered).

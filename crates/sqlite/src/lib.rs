@@ -17,6 +17,7 @@ pub mod dlq;
 mod error;
 mod inbox;
 mod ops;
+pub mod outbox;
 mod schema;
 mod topology;
 mod writer;

@@ -128,6 +128,9 @@ pub enum Cmd {
     Exec {
         /// The work; taken on execution.
         work: std::sync::Mutex<Option<ExecFn>>,
+        /// Wake every receiver after the commit (application work may have made messages
+        /// available); false for the store's own bookkeeping (outbox claims and marks).
+        wake_all: bool,
         /// Reply: the closure's result (Ok or its own error, which rolled its savepoint back).
         reply: Tx<ExecResult>,
     },
@@ -312,8 +315,9 @@ pub fn apply(
             })),
         },
         Cmd::Stats { .. } => Ok(Reply::Stats(stats(tx, topology, now)?)),
-        Cmd::Exec { work, .. } => {
-            woke.all = true; // the work may have made messages available (e.g. a replay)
+        Cmd::Exec { work, wake_all, .. } => {
+            // The work may have made messages available (e.g. a replay).
+            woke.all |= *wake_all;
             exec(tx, work)
         }
         Cmd::Shutdown { .. } => Ok(Reply::Unit),

@@ -57,6 +57,47 @@ CREATE TABLE IF NOT EXISTS inbox (
     handled_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbox_handled_at ON inbox (handled_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic         TEXT NOT NULL,
+    partition_key TEXT NOT NULL,
+    body          BLOB NOT NULL,
+    props         TEXT NOT NULL,
+    deliver_at    INTEGER,
+    created_at    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_queue (
+    id            INTEGER PRIMARY KEY,
+    partition_key TEXT NOT NULL,
+    visible_at    INTEGER NOT NULL DEFAULT 0,
+    lease_owner   TEXT,
+    attempts      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_queue_held ON outbox_queue (visible_at, partition_key)
+    WHERE visible_at > 0;
+CREATE TABLE IF NOT EXISTS outbox_parked (
+    id            INTEGER PRIMARY KEY,
+    partition_key TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    parked_at     INTEGER NOT NULL,
+    reason        TEXT,
+    behind        INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_parked_key ON outbox_parked (partition_key, id);
+CREATE TABLE IF NOT EXISTS outbox_done (
+    dispatched_at INTEGER NOT NULL,
+    id            INTEGER NOT NULL,
+    PRIMARY KEY (dispatched_at, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_state (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dlq_audit (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     at       INTEGER NOT NULL,

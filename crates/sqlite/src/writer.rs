@@ -28,6 +28,9 @@ pub struct Shared {
     pub queues: std::sync::Mutex<std::collections::HashMap<i64, watch::Sender<u64>>>,
     /// Receivers currently waiting; while non-zero the writer also watches other processes.
     pub waiters: AtomicUsize,
+    /// Bumped after a commit that added outbox records (`outbox::add`), and when another process
+    /// committed; outbox relays wait on it.
+    pub outbox: watch::Sender<u64>,
 }
 
 /// Runs the writer loop until the channel closes or a `Shutdown` command arrives.
@@ -116,6 +119,7 @@ impl Writer {
             self.data_version = v;
             self.topology.invalidate();
             self.shared.wake.send_modify(|n| *n = n.wrapping_add(1));
+            self.shared.outbox.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -124,7 +128,14 @@ impl Writer {
     fn execute(&mut self, batch: &mut Vec<Cmd>) {
         match self.transaction(batch) {
             Ok((replies, woke)) => {
-                self.data_version = self.read_data_version();
+                // Our own commits leave data_version unchanged: a change means another process
+                // committed meanwhile, whose receivers and relays must not be left asleep.
+                let v = self.read_data_version();
+                if v != self.data_version {
+                    self.data_version = v;
+                    self.shared.wake.send_modify(|n| *n = n.wrapping_add(1));
+                    self.shared.outbox.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 self.wake(&woke);
                 for (cmd, reply) in batch.drain(..).zip(replies) {
                     cmd.answer(reply);
@@ -146,6 +157,9 @@ impl Writer {
     }
 
     fn wake(&self, woke: &ops::Woken) {
+        if crate::outbox::take_added() {
+            self.shared.outbox.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if woke.all {
             self.shared.wake.send_modify(|n| *n = n.wrapping_add(1));
         } else if !woke.queues.is_empty() {

@@ -63,13 +63,13 @@ pub struct EmbeddedArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Messages per throughput run (baseline and broker alike).
+    /// Messages per throughput run (baselines and broker alike).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub messages: u64,
-    /// Throughput runs of each side; the report gives medians.
+    /// Throughput rounds (each: both baselines, then the broker); the report gives medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
-    /// `PRAGMA synchronous` for both sides (journal_mode is always WAL).
+    /// `PRAGMA synchronous` for every side (journal_mode is always WAL).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     pub synchronous: SyncMode,
     /// Rows per cycle of the baseline loop, and messages per publish call of the broker run.
