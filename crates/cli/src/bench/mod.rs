@@ -11,6 +11,7 @@ pub mod baseline;
 pub mod broker;
 pub mod embedded;
 pub mod latency;
+pub mod transport;
 pub mod workload;
 
 pub use embedded::{EmbeddedReport, run_embedded};
@@ -28,6 +29,8 @@ pub struct BenchArgs {
 pub enum Which {
     /// R7: embedded SQLite broker publish → consume → ack vs a bare SQLite loop, plus latency.
     Embedded(EmbeddedArgs),
+    /// R1/R2/R5: the bus on RabbitMQ or NATS JetStream vs the raw lapin / async-nats client.
+    Transport(transport::TransportArgs),
 }
 
 /// `PRAGMA synchronous` for both the baseline and the broker.
@@ -104,5 +107,6 @@ pub struct EmbeddedArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Which::Embedded(a) => embedded::run(a).await,
+        Which::Transport(a) => transport::run(a).await,
     }
 }
