@@ -16,6 +16,7 @@ pub mod filter;
 pub mod ids;
 pub mod outbox;
 pub mod properties;
+pub mod saga;
 pub mod transport;
 
 pub use cloudevents::CloudEvent;
