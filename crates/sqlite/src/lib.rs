@@ -18,6 +18,7 @@ mod error;
 mod inbox;
 mod ops;
 pub mod outbox;
+pub mod saga;
 mod schema;
 mod topology;
 mod writer;
@@ -28,3 +29,4 @@ pub use inbox::{Inbox, InboxError, InboxOutcome};
 pub use ops::SubscriptionStats;
 /// The SQLite engine, re-exported so applications use the same version in [`SqliteBroker::transaction`].
 pub use rusqlite;
+pub use saga::SqliteSagaStore;

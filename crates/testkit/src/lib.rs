@@ -8,6 +8,7 @@
 //! - [`outbox`] — the outbox conformance suite: one case per rule of the
 //!   [`OutboxStore`](eventyard_core::outbox::OutboxStore) contract, run against a store through
 //!   an [`outbox::OutboxFactory`] with [`outbox_conformance!`].
+//! - [`saga`] — the saga store conformance suite, with [`saga_conformance!`].
 //! - [`helpers`] — sample envelopes and messages, receiving with deadlines.
 
 pub mod conformance;
@@ -15,6 +16,7 @@ pub mod helpers;
 mod macros;
 pub mod memory;
 pub mod outbox;
+pub mod saga;
 pub mod services;
 
 pub use helpers::{assert_nothing, message, receive_exactly, sample_envelope};
