@@ -21,10 +21,12 @@ mod error;
 mod listen;
 pub mod outbox;
 mod pool;
+pub mod saga;
 mod schema;
 mod sql;
 mod store;
 
 pub use config::{DEFAULT_SCHEMA, PgOutboxConfig, check_schema};
 pub use outbox::OutboxWriter;
+pub use saga::{PgSagaConfig, PgSagaStore};
 pub use store::{ParkedRecord, PgOutbox};
