@@ -47,7 +47,8 @@ impl Target {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the reference factory scenario (SPEC §7) on the embedded broker and print its causal chain.
+    /// Run the reference factory scenario (SPEC §7) on the embedded broker (or --transport URL)
+    /// and print its causal chain.
     Demo(demo::DemoArgs),
     /// Publish one envelope (fields as flags, or JSON envelopes on stdin, one per line).
     Publish(Box<publish::PublishArgs>),

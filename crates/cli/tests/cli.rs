@@ -16,16 +16,7 @@ fn demo_runs_and_prints_the_causal_chain() {
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.contains("causal chain of connectsoft"), "{out}");
-    for ty in [
-        "ProjectCreated",
-        "WorkflowInstanceStarted",
-        "AgentTaskAssigned",
-        "ModelInvoked",
-        "ArtifactCreated",
-        "DeploymentPromoted",
-        "RuntimeDeploymentCompleted",
-        "MemoryRecordCreated",
-    ] {
+    for ty in eventyard_cli::demo::ALL_TYPES {
         assert!(out.contains(ty), "{ty} missing from\n{out}");
     }
     assert!(out.contains("0 cross-tenant deliveries"), "{out}");
@@ -38,7 +29,24 @@ fn demo_runs_and_prints_the_causal_chain() {
     assert!(out.contains("reason ValidationError"), "{out}");
     assert!(out.contains("replayed 1 of 1 dead letter(s)"), "{out}");
     assert!(out.contains("replayed after the fix"), "{out}");
+    // Producers wrote their state and events through the outbox; the relay published them all.
+    assert!(out.contains("tx: wfi-"), "{out}");
+    assert!(
+        out.contains("44 events committed with their state changes (one transaction each) / 44 relayed to sqlite / backlog 0 (0 parked)"),
+        "{out}"
+    );
     assert!(data.exists(), "--data keeps the file");
+    let o = run(&[
+        "outbox",
+        "status",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(status["dispatched"], 44, "{status}");
     // The kept file is usable afterwards: the lineage subscription is there, and empty.
     let o = run(&[
         "tail",

@@ -1,4 +1,5 @@
-//! `yard demo`: the reference factory scenario (SPEC §7) on the embedded broker.
+//! `yard demo`: the reference factory scenario (SPEC §7) on the embedded broker, or on RabbitMQ
+//! or NATS JetStream with `--transport URL`.
 //!
 //! Platform services (Control Plane, Agent Mesh, Knowledge, DevOps, Runtime, Observability) run
 //! as handlers exchanging the scenario's events for tenant `connectsoft` (project
@@ -6,25 +7,37 @@
 //! scenario at the same time. Every subscription is filtered on `cs-tenant-id`; an
 //! `observability.lineage` subscription per tenant on every topic records what it sees, which
 //! gives the causal chain printed at the end and the tenant-isolation check.
+//!
+//! Producers never publish directly: each writes its state change and its events in one
+//! transaction of the SQLite data file, behind the inbox (`store`), and a relay started by the
+//! demo publishes the outbox to the transport — whichever it is, the data file holds the state,
+//! inbox and outbox.
 
+mod backend;
+mod dead_letters;
 mod events;
 mod platforms;
+mod store;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use eventyard::lineage::CausalGraph;
-use eventyard::sqlite::dlq::{self, DlqQuery, ReplayOptions};
+use eventyard::outbox::{OutboxStatus, OutboxStore};
 use eventyard::sqlite::{SqliteBroker, SqliteConfig};
 use eventyard::{
-    Bus, Envelope, HandlerError, MessageContext, ModuleId, ProjectId, TenantId, TraceId,
+    Bus, ConsumerCounts, Envelope, HandlerError, MessageContext, ModuleId, ProjectId, Relay,
+    RelayConfig, RelayHandle, TenantId, TraceId,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
+
+use backend::{Backend, Kind};
+use store::Shared;
 
 pub use events::*;
 
@@ -32,8 +45,14 @@ pub use events::*;
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Keep the data file at PATH for later inspection (default: a temporary file, removed).
+    /// With --transport it holds the platforms' state, the inbox and the outbox.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Run on this transport instead of the data file's embedded broker: amqp://… (RabbitMQ),
+    /// nats://… (NATS JetStream) or sqlite://OTHER.db. Names get a prefix unique to the run and
+    /// are deleted at the end.
+    #[arg(long)]
+    pub transport: Option<String>,
     /// The second tenant, running concurrently and invisible to the first.
     #[arg(long, default_value = "acme-robotics")]
     pub other_tenant: String,
@@ -45,15 +64,25 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
+/// What the lineage subscriptions saw.
+#[derive(Default)]
+struct Seen {
+    /// (subscriber tenant, envelope), first sighting of each event only.
+    list: Vec<(TenantId, Envelope)>,
+    /// (subscriber tenant, eventId) already recorded.
+    ids: HashSet<(TenantId, String)>,
+    /// Further copies of an event already seen (a duplicate publish, a replay to the topic).
+    copies: u64,
+}
+
 /// What the demo observed.
 pub struct Recorder {
     start: Instant,
     quiet: bool,
-    /// (subscriber tenant, envelope) for every envelope the lineage subscriptions received.
-    seen: Mutex<Vec<(TenantId, Envelope)>>,
+    seen: Mutex<Seen>,
     /// Envelopes that reached a subscriber of another tenant (must stay empty).
     violations: Mutex<Vec<(TenantId, Envelope)>>,
-    duplicates: std::sync::atomic::AtomicU64,
+    duplicates: AtomicU64,
     changed: Notify,
 }
 
@@ -62,9 +91,9 @@ impl Recorder {
         Recorder {
             start: Instant::now(),
             quiet,
-            seen: Mutex::new(Vec::new()),
+            seen: Mutex::new(Seen::default()),
             violations: Mutex::new(Vec::new()),
-            duplicates: std::sync::atomic::AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -81,8 +110,7 @@ impl Recorder {
 
     /// Counts a duplicate delivery answered by the inbox.
     pub fn duplicate(&self) {
-        self.duplicates
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
@@ -94,14 +122,19 @@ impl Recorder {
 
     fn record(&self, subscriber: &TenantId, env: &Envelope) {
         let mut s = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        s.push((subscriber.clone(), env.clone()));
+        if s.ids.insert((subscriber.clone(), env.event_id.to_string())) {
+            s.list.push((subscriber.clone(), env.clone()));
+        } else {
+            s.copies += 1;
+        }
         drop(s);
         self.changed.notify_waiters();
     }
 
     fn of_trace(&self, trace: &TraceId) -> Vec<Envelope> {
         let s = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        s.iter()
+        s.list
+            .iter()
             .filter(|(_, e)| &e.trace_id == trace)
             .map(|(_, e)| e.clone())
             .collect()
@@ -119,7 +152,7 @@ impl Recorder {
 
 /// One lineage subscription per topic for `tenant`: records everything it receives.
 async fn lineage(bus: &Bus, rec: &Arc<Recorder>, tenant: &TenantId) -> anyhow::Result<()> {
-    for topic in ALL_TYPES {
+    let subs = ALL_TYPES.iter().map(|topic| {
         let rec = rec.clone();
         let mine = tenant.clone();
         bus.subscription(format!("observability.lineage.{tenant}"))
@@ -138,9 +171,33 @@ async fn lineage(bus: &Bus, rec: &Arc<Recorder>, tenant: &TenantId) -> anyhow::R
                     Ok(())
                 }
             })
-            .await?;
-    }
+    });
+    futures::future::try_join_all(subs).await?;
     Ok(())
+}
+
+/// Everything a run holds.
+struct Run {
+    tenant: TenantId,
+    other: TenantId,
+    broker: SqliteBroker,
+    backend: Backend,
+    bus: Bus,
+    rec: Arc<Recorder>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+/// What the scenario produced, for the summary.
+struct Outcome {
+    traces: BTreeMap<TenantId, TraceId>,
+    elapsed: Duration,
+    poison_reason: String,
+    counts: Vec<(String, String, ConsumerCounts)>,
+    /// The outbox at the end.
+    outbox: OutboxStatus,
+    /// The observed tenant's platform rows: (table, aggregate, state, version).
+    rows: Vec<(String, String, String, i64)>,
 }
 
 /// Runs `yard demo`.
@@ -156,27 +213,107 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         bail!("--other-tenant must differ from connectsoft");
     }
     println!("eventyard demo — the reference factory scenario (SPEC §7)");
-    println!("data file: {} (WAL, synchronous=FULL)", path.display());
+    let broker = SqliteBroker::open(SqliteConfig::new(&path))?;
+    let backend = backend::open(a.transport.as_deref(), &broker).await?;
+    println!("transport: {}", backend.describe());
+    println!(
+        "data file: {} (WAL, synchronous=FULL; platform state, inbox and outbox{})",
+        path.display(),
+        if backend.kind == Kind::Embedded {
+            ", and the broker"
+        } else {
+            ""
+        }
+    );
     println!("tenants:   {tenant} (observed) and {other} (concurrent, must stay invisible)\n");
 
-    let broker = SqliteBroker::open(SqliteConfig::new(&path))?;
-    platforms::create_tables(&broker).await?;
-    let bus = Bus::new(Arc::new(broker.clone()));
-    let rec = Arc::new(Recorder::new(a.quiet));
-    let shared = Arc::new(platforms::Shared {
-        broker: broker.clone(),
-        alerting_fixed: AtomicBool::new(false),
-    });
-    for t in [&tenant, &other] {
-        platforms::wire(&bus, &rec, &shared, t).await?;
-        lineage(&bus, &rec, t).await?;
+    // The platforms' transactions go through a handle of their own: a transaction on the
+    // broker's handle wakes every receiver of that handle (it may have published), and 80 of
+    // them would all look for work after each step.
+    let store = match backend.kind {
+        Kind::Embedded => SqliteBroker::open(SqliteConfig::new(&path))?,
+        _ => broker.clone(),
+    };
+    let shared = Shared::new(store.clone());
+    shared.create_tables().await?;
+    let run = Run {
+        tenant,
+        other,
+        bus: Bus::new(backend.transport.clone()),
+        broker: store.clone(),
+        backend,
+        rec: Arc::new(Recorder::new(a.quiet)),
+        shared,
+        timeout: a.timeout,
+    };
+    // The relay publishes what the platforms commit to the outbox, to the run's transport.
+    let relay = Relay::spawn(
+        Arc::new(store.outbox()),
+        run.backend.transport.clone(),
+        RelayConfig {
+            name: "yard-demo".into(),
+            poll_interval: Duration::from_millis(100),
+            cleaner: None,
+            ..RelayConfig::default()
+        },
+    );
+    let result = scenario(&run, &relay).await;
+    let subscriptions: Vec<(String, String)> = run
+        .bus
+        .consumer_counts()
+        .into_iter()
+        .map(|(topic, sub, _)| (topic, sub))
+        .collect();
+    let relayed = relay.counts();
+    relay.shutdown().await;
+    let shut = run.bus.shutdown().await;
+    let cleaning = Instant::now();
+    let cleanup = format!(
+        "{} ({:.0} ms)",
+        run.backend.cleanup(&subscriptions, ALL_TYPES).await,
+        cleaning.elapsed().as_secs_f64() * 1e3
+    );
+    let outcome = result?;
+    shut?;
+    summary(&run, &outcome, relayed.dispatched, &cleanup);
+    if let Some(p) = &a.data
+        && run.backend.kind == Kind::Embedded
+    {
+        println!(
+            "\ndata kept at {} — try: yard tail --data {} --topic ProjectCreated; yard outbox status --data {}",
+            p.display(),
+            p.display(),
+            p.display()
+        );
     }
+    let violations = run.rec.violations.lock().map(|v| v.len()).unwrap_or(1);
+    if violations > 0 {
+        bail!("tenant isolation violated {violations} time(s)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Steps 1–6: publishes both roots, handles the poison message, waits for both runs and for the
+/// outbox to drain.
+async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
+    let (bus, rec) = (&run.bus, &run.rec);
+    let wiring = Instant::now();
+    let mut subs: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> = Vec::new();
+    for t in [&run.tenant, &run.other] {
+        subs.push(Box::pin(platforms::wire(bus, rec, &run.shared, t)));
+        subs.push(Box::pin(lineage(bus, rec, t)));
+    }
+    futures::future::try_join_all(subs).await?;
+    rec.progress(format!(
+        "{} subscriptions declared and consuming ({:.0} ms); outbox relay running",
+        bus.consumer_counts().len(),
+        wiring.elapsed().as_secs_f64() * 1e3
+    ));
     let started = Instant::now();
     let project = ProjectId::parse("proj-booking-saas")?;
     let module = ModuleId::parse("module-reservations-api")?;
     let mut traces = BTreeMap::new();
-    for t in [&tenant, &other] {
+    for t in [&run.tenant, &run.other] {
         let root = Envelope::for_event(
             &ProjectCreated {
                 project_name: "booking-saas".into(),
@@ -187,114 +324,139 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .with_project(project.clone())
         .with_module(module.clone());
         traces.insert(t.clone(), root.trace_id.clone());
+        let c = run.shared.commit_root(bus, &root).await?;
         rec.progress(format!(
-            "[{:<11}] {:<13} publishes ProjectCreated (root, trace {})",
+            "[{:<11}] {:<13} commits ProjectCreated (root, trace {}; tx: {}={} + 1 event to the outbox)",
             t.as_str(),
             "api",
-            root.trace_id
+            root.trace_id,
+            c.aggregate,
+            c.state
         ));
-        bus.publish_envelope(root).await?;
     }
 
-    let deadline = tokio::time::Instant::now() + a.timeout;
+    let deadline = tokio::time::Instant::now() + run.timeout;
     // Step 6: the poison message. Wait for it in the dead-letter queue, "deploy the fix", replay.
-    let poison_sub = format!("observability.alerting.{tenant}");
-    let dlq_query = DlqQuery::new().subscription(poison_sub.clone());
-    let poisoned = loop {
-        let found = dlq::list(&broker, &dlq_query).await?;
-        if let Some(entry) = found.into_iter().next() {
-            break entry;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = bus.shutdown().await;
-            bail!("the poison message never reached the dead-letter queue of {poison_sub}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    rec.progress(format!(
-        "[{:<11}] {:<13} dead-letter queue of {poison_sub}: seq {} reason {} fingerprint {} after {} attempt(s): {}",
-        tenant.as_str(),
-        "operator",
-        poisoned.seq,
-        poisoned.reason,
-        poisoned.fingerprint,
-        poisoned.attempts.unwrap_or(0),
-        poisoned.description
+    let embedded = (run.backend.kind == Kind::Embedded).then_some(&run.broker);
+    let transport = &*run.backend.transport;
+    let poison_sub = format!("observability.alerting.{}", run.tenant);
+    let found =
+        dead_letters::wait(embedded, transport, "TraceRecorded", &poison_sub, deadline).await?;
+    let who = |line: String| format!("[{:<11}] {:<13} {line}", run.tenant.as_str(), "operator");
+    rec.progress(who(format!(
+        "dead-letter queue of {poison_sub}: {}",
+        found.line
+    )));
+    run.shared.alerting_fixed.store(true, Ordering::SeqCst);
+    rec.progress(who(
+        "fix deployed to observability.alerting; replaying its dead letters".into(),
     ));
-    shared.alerting_fixed.store(true, Ordering::SeqCst);
-    rec.progress(format!(
-        "[{:<11}] {:<13} fix deployed to observability.alerting; replaying its dead letters",
-        tenant.as_str(),
-        "operator"
-    ));
-    let report = dlq::replay(
-        &broker,
-        &dlq_query,
-        ReplayOptions {
-            actor: Some("yard-demo".into()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    rec.progress(format!(
-        "[{:<11}] {:<13} replayed {} of {} dead letter(s) (same eventId, marked cs-replayed; audit #{})",
-        tenant.as_str(),
-        "operator",
-        report.replayed,
-        report.matched,
-        report.audit_id
-    ));
+    let replayed = found.poisoned.replay(embedded, transport).await?;
+    rec.progress(who(replayed));
+
     loop {
         let notified = rec.changed.notified();
         if traces.values().all(|tr| rec.complete(tr)) {
             break;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            let _ = bus.shutdown().await;
             bail!(
                 "the scenario did not complete within {:?} (see the progress above)",
-                a.timeout
+                run.timeout
             );
         }
     }
     let elapsed = started.elapsed();
+    // The duplicate promotions: wait (briefly) until the inbox answered both, unless the broker
+    // deduplicated them itself (NATS: Nats-Msg-Id = eventId).
+    let wanted = if run.backend.kind == Kind::Nats { 0 } else { 2 };
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while rec.duplicates.load(Ordering::Relaxed) < wanted && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The outbox drains: everything committed was relayed.
+    let outbox = run.broker.outbox();
+    loop {
+        let status = outbox.status().await?;
+        let committed = run.shared.committed.load(Ordering::Relaxed);
+        if status.pending == 0 && relay.counts().dispatched >= committed {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the outbox did not drain: {status:?}, {committed} committed");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Let in-flight acknowledgements land before reading counters.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let counts = bus.consumer_counts();
-    bus.shutdown().await?;
+    Ok(Outcome {
+        traces,
+        elapsed,
+        poison_reason: found.reason,
+        counts: bus.consumer_counts(),
+        outbox: outbox.status().await?,
+        rows: run.shared.rows(run.tenant.as_str()).await?,
+    })
+}
 
-    let main_trace = &traces[&tenant];
-    let envs = rec.of_trace(main_trace);
-    let graph = CausalGraph::from_envelopes(envs.clone());
+/// Prints the causal chain and the summary.
+fn summary(run: &Run, o: &Outcome, relayed: u64, cleanup: &str) {
+    let (tenant, other, rec) = (&run.tenant, &run.other, &run.rec);
+    let main_trace = &o.traces[tenant];
+    let graph = CausalGraph::from_envelopes(rec.of_trace(main_trace));
     println!("\ncausal chain of {tenant}'s run (trace {main_trace}):");
     println!("{}", graph.render_tree(&Default::default()));
 
     let violations = rec.violations.lock().map(|v| v.len()).unwrap_or(usize::MAX);
-    let other_envs = rec.of_trace(&traces[&other]);
+    let other_graph = CausalGraph::from_envelopes(rec.of_trace(&o.traces[other]));
     println!("summary");
-    let other_graph = CausalGraph::from_envelopes(other_envs);
+    println!("  transport:              {}", run.backend.describe());
     println!("  events ({tenant}):      {}", graph.len());
     println!("  events ({other}):  {}", other_graph.len());
     println!(
         "  elapsed:                {:.1} ms",
-        elapsed.as_secs_f64() * 1e3
+        o.elapsed.as_secs_f64() * 1e3
     );
-    let rejected: u64 = counts.iter().map(|(_, _, c)| c.tenant_rejected).sum();
+    let rejected: u64 = o.counts.iter().map(|(_, _, c)| c.tenant_rejected).sum();
     println!(
         "  tenant isolation:       {} cross-tenant deliveries ({} stopped by tenant guards; every subscription filters on cs-tenant-id)",
         violations, rejected
     );
-    println!(
-        "  duplicate delivery:     DeploymentPromoted published twice with one eventId → applied once per tenant ({} duplicates answered by the inbox)",
-        rec.duplicates.load(Ordering::Relaxed)
-    );
+    let duplicates = rec.duplicates.load(Ordering::Relaxed);
+    if run.backend.kind == Kind::Nats && duplicates == 0 {
+        println!(
+            "  duplicate delivery:     DeploymentPromoted published twice with one eventId → applied once per tenant (NATS JetStream dropped the second publish itself: Nats-Msg-Id = eventId, so the inbox saw no duplicate)"
+        );
+    } else {
+        println!(
+            "  duplicate delivery:     DeploymentPromoted published twice with one eventId → applied once per tenant ({duplicates} duplicates answered by the inbox)"
+        );
+    }
     println!(
         "  poison message:         TraceRecorded dead-lettered ({}), replayed after the fix, then handled",
-        poisoned.reason
+        o.poison_reason
     );
+    let status = &o.outbox;
+    println!(
+        "  outbox:                 {} events committed with their state changes (one transaction each) / {} relayed to {} / backlog {} ({} parked)",
+        run.shared.committed.load(Ordering::Relaxed),
+        relayed,
+        run.backend.transport.capabilities().name,
+        status.pending,
+        status.parked
+    );
+    println!("  platform state of {tenant} (table: aggregate = state, version):");
+    for (table, agg, state, v) in &o.rows {
+        println!("    {table:<26} {agg} = {state} (v{v})");
+    }
+    let copies = rec.seen.lock().map(|s| s.copies).unwrap_or(0);
+    println!(
+        "  lineage observer:       {copies} extra copies of already-seen events ignored (duplicate publish, replay)"
+    );
+    println!("  cleanup:                {cleanup}");
     println!("  per subscription (acked / retried / dead-lettered):");
     let mut per: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-    for (topic, sub, c) in counts {
+    for (topic, sub, c) in &o.counts {
         let key = if sub.starts_with("observability.lineage.") {
             format!("{sub} (×{} topics)", ALL_TYPES.len())
         } else {
@@ -308,15 +470,4 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     for (k, (a, r, d)) in per {
         println!("    {k:<72} {a:>3} / {r} / {d}");
     }
-    if let Some(p) = &a.data {
-        println!(
-            "\ndata kept at {} — try: yard tail --data {} --topic ProjectCreated",
-            p.display(),
-            p.display()
-        );
-    }
-    if violations > 0 {
-        bail!("tenant isolation violated {violations} time(s)");
-    }
-    Ok(ExitCode::SUCCESS)
 }

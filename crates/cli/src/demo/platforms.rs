@@ -1,16 +1,16 @@
 //! The platform services of the reference scenario: each is a handler that reacts to one event
-//! and publishes the next ones. Handlers never set trace, correlation, tenant or causation: the
-//! bus propagates them from the handled event.
+//! and produces the next ones. A producing handler commits its state change and its events in one
+//! transaction through the outbox (see `store`); the demo's relay publishes them. Handlers never
+//! set trace, correlation, tenant or causation: they are derived from the handled event.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use eventyard::sqlite::{InboxOutcome, SqliteBroker};
 use eventyard::{Bus, Envelope, Event, HandlerError, MessageContext, RetryPolicy, TenantId};
 
 use super::Recorder;
 use super::events::*;
+use super::store::{Shared, aggregate_id};
 
 fn short(ctx: &MessageContext) -> String {
     let id = ctx.envelope().event_id.as_str();
@@ -24,9 +24,11 @@ fn emit<E: Event>(tenant: &TenantId, e: E) -> Envelope {
 
 /// Subscribes one platform step: `platform.name` handles `I` for `tenant` and publishes what
 /// `react` returns.
+#[allow(clippy::too_many_arguments)]
 async fn step<I: Event + Clone>(
     bus: &Bus,
     rec: &Arc<Recorder>,
+    shared: &Arc<Shared>,
     tenant: &TenantId,
     platform: &'static str,
     name: &'static str,
@@ -43,9 +45,9 @@ async fn step<I: Event + Clone>(
     if cross_platform {
         sub = sub.cross_platform();
     }
+    let shared = shared.clone();
     sub.handle(move |e: I, ctx: MessageContext| {
-        let rec = rec.clone();
-        let mine = mine.clone();
+        let (rec, shared, mine) = (rec.clone(), shared.clone(), mine.clone());
         async move {
             if ctx.tenant() != &mine {
                 rec.violation(&mine, ctx.envelope());
@@ -56,8 +58,9 @@ async fn step<I: Event + Clone>(
             }
             let out = react(&e, &ctx);
             let names: Vec<String> = out.iter().map(|o| o.event_type.to_string()).collect();
+            let applied = shared.apply(&ctx, platform, name, out).await?;
             rec.progress(format!(
-                "[{:<11}] {:<13} {:<26} → {}  (evt …{})",
+                "[{:<11}] {:<13} {:<26} → {}  (evt …{}; {})",
                 mine.as_str(),
                 platform,
                 I::EVENT_TYPE,
@@ -66,38 +69,13 @@ async fn step<I: Event + Clone>(
                 } else {
                     names.join(" + ")
                 },
-                short(&ctx)
+                short(&ctx),
+                applied.describe()
             ));
-            // Published through the bus itself: propagation comes from the handler's task.
-            ctx.bus()
-                .publish_batch(out)
-                .await
-                .map_err(|e| HandlerError::transient(e.to_string()))
+            Ok(())
         }
     })
     .await?;
-    Ok(())
-}
-
-/// The demo's state that handlers share: the store (for the inbox) and the "bug fix" switch.
-pub struct Shared {
-    /// The embedded store.
-    pub broker: SqliteBroker,
-    /// False until the demo "deploys the fix" of the alerting handler.
-    pub alerting_fixed: AtomicBool,
-}
-
-/// Creates the application table the Runtime platform writes through the inbox.
-pub async fn create_tables(broker: &SqliteBroker) -> anyhow::Result<()> {
-    broker
-        .transaction(|tx| {
-            tx.execute_batch(
-                "CREATE TABLE IF NOT EXISTS demo_deployments (
-                     tenant TEXT NOT NULL, release_id TEXT NOT NULL, environment TEXT NOT NULL,
-                     deployed_at TEXT NOT NULL)",
-            )
-        })
-        .await??;
     Ok(())
 }
 
@@ -108,10 +86,13 @@ pub async fn wire(
     shared: &Arc<Shared>,
     t: &TenantId,
 ) -> anyhow::Result<()> {
+    // Declared concurrently: on a remote broker each declaration is a few round trips.
+    let mut subs: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> = Vec::new();
     // 1. Control Plane: project → workflow → step → agent task.
-    step(
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "control-plane",
         "bootstrap-workflow",
@@ -120,20 +101,18 @@ pub async fn wire(
             vec![emit(
                 c.tenant(),
                 WorkflowInstanceStarted {
-                    workflow_instance_id: format!(
-                        "wfi-{}",
-                        &c.envelope().correlation_id.as_str()[5..13]
-                    ),
+                    // The Control Plane's workflow row for this run has the same id.
+                    workflow_instance_id: aggregate_id("control-plane", c.envelope()),
                     workflow_definition_id: "wfd-project-bootstrap".into(),
                     workflow_definition_version: "4.1.0".into(),
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "control-plane",
         "plan-step",
@@ -147,11 +126,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "control-plane",
         "assign-agent",
@@ -166,12 +145,12 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
+    )));
     // 2. Agent Mesh: execute → model → completed + artifact.
-    step(
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "agent-mesh",
         "execute-task",
@@ -185,11 +164,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "agent-mesh",
         "invoke-model",
@@ -205,11 +184,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "agent-mesh",
         "complete-task",
@@ -233,12 +212,12 @@ pub async fn wire(
                 ),
             ]
         },
-    )
-    .await?;
+    )));
     // Knowledge ingests artifacts from another platform: a cross-platform subscription.
-    step(
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "knowledge",
         "ingest-artifact",
@@ -252,12 +231,12 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
+    )));
     // 3. Governance gate: policy → approval requested → granted.
-    step(
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "control-plane",
         "evaluate-policy",
@@ -272,11 +251,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "control-plane",
         "request-approval",
@@ -290,11 +269,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "control-plane",
         "approver",
@@ -308,12 +287,12 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
+    )));
     // 4. DevOps → Runtime.
-    step(
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "devops",
         "commit",
@@ -327,11 +306,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "devops",
         "open-pull-request",
@@ -345,11 +324,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "devops",
         "build",
@@ -363,11 +342,11 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
-    step(
+    )));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "devops",
         "release",
@@ -380,13 +359,13 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
+    )));
     // The promotion is published twice with the same eventId (a producer that retried after a
     // lost acknowledgement): the Runtime platform's inbox applies it once.
-    step(
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "devops",
         "promote",
@@ -401,13 +380,13 @@ pub async fn wire(
             );
             vec![promoted.clone(), promoted]
         },
-    )
-    .await?;
-    deploy(bus, rec, shared, t).await?;
+    )));
+    subs.push(Box::pin(deploy(bus, rec, shared, t)));
     // 5. Observability → feedback into Knowledge.
-    step(
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "observability",
         "record-trace",
@@ -422,12 +401,12 @@ pub async fn wire(
             };
             vec![emit(c.tenant(), TraceRecorded { spans, p95_ms: 412 })]
         },
-    )
-    .await?;
-    alerting(bus, rec, shared, t).await?;
-    step(
+    )));
+    subs.push(Box::pin(alerting(bus, rec, shared, t)));
+    subs.push(Box::pin(step(
         bus,
         rec,
+        shared,
         t,
         "knowledge",
         "runtime-feedback",
@@ -441,13 +420,14 @@ pub async fn wire(
                 },
             )]
         },
-    )
-    .await?;
+    )));
+    futures::future::try_join_all(subs).await?;
     Ok(())
 }
 
-/// Runtime: applies a promotion through the idempotent inbox (state change and key in one
-/// transaction); a duplicate returns the stored result and publishes nothing.
+/// Runtime: applies a promotion through the inbox (its deployment row, the key and
+/// RuntimeDeploymentCompleted in the outbox, in one transaction); a duplicate returns the stored
+/// result and commits nothing.
 async fn deploy(
     bus: &Bus,
     rec: &Arc<Recorder>,
@@ -461,41 +441,34 @@ async fn deploy(
         .handle(move |e: DeploymentPromoted, ctx: MessageContext| {
             let (rec, shared, mine) = (rec.clone(), shared.clone(), mine.clone());
             async move {
-                let (tenant, release, env) =
-                    (ctx.tenant().to_string(), e.release_id.clone(), e.environment.clone());
-                let at = ctx.envelope().occurred_at.to_rfc3339();
-                let outcome = shared
-                    .broker
-                    .inbox()
-                    .run(ctx.envelope(), ctx.handler_name(), &e.release_id, move |tx| {
-                        tx.execute(
-                            "INSERT INTO demo_deployments VALUES (?1, ?2, ?3, ?4)",
-                            (&tenant, &release, &env, &at),
-                        )?;
-                        Ok::<_, eventyard::sqlite::rusqlite::Error>(format!("dep-{release}"))
-                    })
-                    .await
-                    .map_err(|e| HandlerError::transient(e.to_string()))?;
-                match outcome {
-                    InboxOutcome::Applied(deployment_id) => {
-                        rec.progress(format!(
-                            "[{:<11}] {:<13} {:<26} → RuntimeDeploymentCompleted  (evt …{}, applied via the inbox)",
-                            mine.as_str(), "runtime", "DeploymentPromoted", short(&ctx)
-                        ));
-                        ctx.publish(&RuntimeDeploymentCompleted {
-                            deployment_id,
-                            environment: e.environment,
-                        })
-                        .await
-                        .map_err(|e| HandlerError::transient(e.to_string()))?;
-                    }
-                    InboxOutcome::Duplicate(deployment_id) => {
-                        rec.duplicate();
-                        rec.progress(format!(
-                            "[{:<11}] {:<13} {:<26} → ·  DUPLICATE of evt …{}: inbox returned `{deployment_id}`, nothing re-applied",
-                            mine.as_str(), "runtime", "DeploymentPromoted", short(&ctx)
-                        ));
-                    }
+                let done = emit(
+                    ctx.tenant(),
+                    RuntimeDeploymentCompleted {
+                        deployment_id: format!("dep-{}", e.release_id),
+                        environment: e.environment.clone(),
+                    },
+                );
+                let state = format!("deployed:{}", e.environment);
+                let applied = shared.apply(&ctx, "runtime", &state, vec![done]).await?;
+                if applied.duplicate {
+                    rec.duplicate();
+                    rec.progress(format!(
+                        "[{:<11}] {:<13} {:<26} → ·  DUPLICATE of evt …{}: {}",
+                        mine.as_str(),
+                        "runtime",
+                        "DeploymentPromoted",
+                        short(&ctx),
+                        applied.describe()
+                    ));
+                } else {
+                    rec.progress(format!(
+                        "[{:<11}] {:<13} {:<26} → RuntimeDeploymentCompleted  (evt …{}, applied via the inbox; {})",
+                        mine.as_str(),
+                        "runtime",
+                        "DeploymentPromoted",
+                        short(&ctx),
+                        applied.describe()
+                    ));
                 }
                 Ok(())
             }
@@ -529,22 +502,24 @@ async fn alerting(
                         e.spans
                     )));
                 }
-                let replayed = ctx.is_replay();
+                let alert = emit(
+                    ctx.tenant(),
+                    AlertTriggered {
+                        alert_id: "alert-p95-latency".into(),
+                        rule: "p95 > 300 ms".into(),
+                        severity: "warning".into(),
+                    },
+                );
+                let applied = shared.apply(&ctx, "observability", "alerted", vec![alert]).await?;
                 rec.progress(format!(
-                    "[{:<11}] {:<13} {:<26} → AlertTriggered  (evt …{}{})",
+                    "[{:<11}] {:<13} {:<26} → AlertTriggered  (evt …{}{}; {})",
                     mine.as_str(),
                     "observability",
                     "TraceRecorded",
                     short(&ctx),
-                    if replayed { ", replayed after the fix" } else { "" }
+                    if ctx.is_replay() { ", replayed after the fix" } else { "" },
+                    applied.describe()
                 ));
-                ctx.publish(&AlertTriggered {
-                    alert_id: "alert-p95-latency".into(),
-                    rule: "p95 > 300 ms".into(),
-                    severity: "warning".into(),
-                })
-                .await
-                .map_err(|e| HandlerError::transient(e.to_string()))?;
                 Ok(())
             }
         })
