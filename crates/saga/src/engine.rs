@@ -1,6 +1,7 @@
 //! [`SagaEngine`]: applies events to saga instances — load, decide the transition, commit with
 //! optimistic concurrency, retry against the fresh state on conflict.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -115,6 +116,11 @@ pub struct EngineOptions {
     /// The bus whose topology names the topics of emitted events (set by
     /// [`SagaEngine::subscribe`] when absent). Without one, topic = event type.
     pub bus: Option<Bus>,
+    /// Instances kept in memory after this engine committed them (0: none). The next event
+    /// for a cached instance skips the load: the commit's version check proves the cached
+    /// state current (a conflict drops it and reloads), and a decision to change nothing is
+    /// always re-taken on a fresh load. Default 10 000.
+    pub cache_capacity: usize,
 }
 
 impl Default for EngineOptions {
@@ -122,6 +128,7 @@ impl Default for EngineOptions {
         EngineOptions {
             max_attempts: 32,
             bus: None,
+            cache_capacity: 10_000,
         }
     }
 }
@@ -133,11 +140,14 @@ struct Inner<S> {
     max_attempts: u32,
     stats: Stats,
     wakeup: Mutex<Option<Arc<Notify>>>,
+    cache: Option<Mutex<HashMap<String, SagaInstance>>>,
+    cache_capacity: usize,
 }
 
 /// Runs one saga definition over a [`SagaStore`]. Cheap to clone.
 ///
-/// Each event: find its instance key, load the instance, pick the transition (state, guard),
+/// Each event: find its instance key, load the instance (or take it from the cache, see
+/// [`EngineOptions::cache_capacity`]), pick the transition (state, guard),
 /// run its actions on the data, and commit the new state with the history entry, the emitted
 /// events (outbox) and the timeouts in one transaction, expecting the loaded version. On a
 /// version conflict the event is applied again to the freshly loaded state (at most
@@ -215,6 +225,8 @@ impl<S: SagaData> SagaEngine<S> {
                 max_attempts: options.max_attempts.max(1),
                 stats: Stats::default(),
                 wakeup: Mutex::new(None),
+                cache: (options.cache_capacity > 0).then(|| Mutex::new(HashMap::new())),
+                cache_capacity: options.cache_capacity,
             }),
         }
     }
@@ -343,27 +355,44 @@ impl<S: SagaData> SagaEngine<S> {
         let store = &self.inner.store;
         let name = &self.inner.def.name;
         for _ in 0..self.inner.max_attempts {
-            let loaded = store.load(name, key).await?;
+            let cached = self.cached(key);
+            let from_cache = cached.is_some();
+            let loaded = match cached {
+                Some(inst) => Some(inst),
+                None => store.load(name, key).await?,
+            };
             match self.plan(ev, loaded.as_ref())? {
                 Plan::Commit(commit, handled) => {
                     let scheduled = !commit.schedule.is_empty();
+                    let keep = self.inner.cache.is_some().then(|| commit.instance.clone());
                     match store.commit(*commit).await {
-                        Ok(_) => {
+                        Ok(version) => {
+                            if let Some(mut inst) = keep {
+                                inst.version = version;
+                                self.remember(inst);
+                            }
                             if scheduled {
                                 self.wake();
                             }
                             return Ok(handled);
                         }
                         Err(SagaError::Conflict { .. }) => {
+                            self.forget(key);
                             bump(&self.inner.stats.conflicts);
                             tokio::task::yield_now().await;
                         }
                         Err(SagaError::Duplicate { .. }) => {
                             return Ok(Handled::Duplicate { key: key.into() });
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => {
+                            self.forget(key);
+                            return Err(e.into());
+                        }
                     }
                 }
+                // A decision to change nothing is never taken on a cached state: it may be
+                // stale (another process moved the instance). Decide again on a fresh load.
+                Plan::Skip(_) if from_cache => self.forget(key),
                 Plan::Skip(skip) => {
                     if loaded.is_some()
                         && store.is_processed(name, key, env.event_id.as_str()).await?
@@ -382,6 +411,33 @@ impl<S: SagaData> SagaEngine<S> {
             key: key.into(),
             attempts: self.inner.max_attempts,
         })
+    }
+
+    /// The cached instance `key`, if any.
+    fn cached(&self, key: &str) -> Option<SagaInstance> {
+        let cache = self.inner.cache.as_ref()?;
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Caches an instance as committed (dropping everything when full).
+    fn remember(&self, inst: SagaInstance) {
+        if let Some(cache) = &self.inner.cache {
+            let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+            if c.len() >= self.inner.cache_capacity && !c.contains_key(&inst.key) {
+                c.clear();
+            }
+            c.insert(inst.key.clone(), inst);
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        if let Some(cache) = &self.inner.cache {
+            cache.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        }
     }
 
     fn decode(

@@ -392,3 +392,49 @@ async fn subscribed_on_the_bus_with_competing_consumers_and_dead_letters() {
     );
     bus.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cached_instance_is_never_trusted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_broker, store) = open(&dir.path().join("s.db")).await;
+    // Two engines (as two processes) over one store; `a` caches what it commits.
+    let a = SagaEngine::new(workflow(LONG), store.clone());
+    let b = SagaEngine::new(workflow(LONG), store.clone());
+    let start = envelope(&WorkflowInstanceStarted { steps: 4 });
+    let key = start.correlation_id.to_string();
+    a.handle(&start).await.expect("start"); // a caches done = 0
+    b.handle(&follow(&start, &WorkflowStepCompleted { step: 1 }))
+        .await
+        .expect("step 1 elsewhere");
+    // On a's stale cache step 2 fails its guard; it must be decided on the fresh state.
+    let r = a
+        .handle(&follow(&start, &WorkflowStepCompleted { step: 2 }))
+        .await
+        .expect("step 2");
+    assert!(matches!(r, Handled::Moved { .. }), "{r:?}");
+    b.handle(&follow(&start, &WorkflowStepCompleted { step: 3 }))
+        .await
+        .expect("step 3 elsewhere");
+    // Again: a's cache (done = 2) is stale; step 4 is decided on the fresh state (done = 3).
+    let r = a
+        .handle(&follow(&start, &WorkflowStepCompleted { step: 4 }))
+        .await
+        .expect("step 4");
+    assert!(
+        matches!(
+            r,
+            Handled::Moved {
+                completed: true,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let inst = store
+        .load("workflow", &key)
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!((inst.version, inst.data["done"].as_u64()), (5, Some(4)));
+    assert_eq!(inst.state, "Completed");
+}

@@ -11,6 +11,7 @@ pub mod baseline;
 pub mod broker;
 pub mod embedded;
 pub mod latency;
+pub mod saga;
 pub mod transport;
 pub mod workload;
 
@@ -31,6 +32,8 @@ pub enum Which {
     Embedded(EmbeddedArgs),
     /// R1/R2/R5: the bus on RabbitMQ or NATS JetStream vs the raw lapin / async-nats client.
     Transport(transport::TransportArgs),
+    /// R8: saga step rate (engine + store) vs a raw transaction writing the same rows.
+    Saga(saga::SagaArgs),
 }
 
 /// `PRAGMA synchronous` for both the baseline and the broker.
@@ -108,5 +111,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Which::Embedded(a) => embedded::run(a).await,
         Which::Transport(a) => transport::run(a).await,
+        Which::Saga(a) => saga::run(a).await,
     }
 }

@@ -1,0 +1,429 @@
+//! `yard bench saga` (R8): the saga step rate — load the instance, decide the transition, commit
+//! the new state with its history entry and its emitted event (outbox) in one transaction —
+//! as a ratio of a raw rusqlite transaction writing the same rows, measured in the same run.
+//!
+//! - **Baseline** (`baseline_rate`): one thread, one connection with the same pragmas, on a
+//!   data file with the same tables and indexes (created by the real stores). Per step: read
+//!   the instance, version-checked `UPDATE`, history `INSERT`, outbox `INSERT` (payload row and
+//!   queue row, the same bytes the engine's emitted event stores). `concurrency` steps per
+//!   transaction: the engine's in-flight window, which its group commit may fold into one fsync.
+//! - **Saga** (`rate`): [`SagaEngine::handle`] on prebuilt input envelopes, `concurrency` tasks
+//!   each stepping its own instance (no conflicts: the figure is the step cost, not contention),
+//!   over the embedded store ([`SqliteSagaStore`]).
+//!
+//! Each of `--runs` rounds runs the baseline then the saga, each on a fresh file; medians are
+//! reported.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventyard::sqlite::{SqliteBroker, SqliteConfig, SqliteSagaStore};
+use eventyard::{Envelope, Event, Message, TenantId, Transport};
+use eventyard_saga::{Handled, SagaDefinition, SagaEngine};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use super::SyncMode;
+use super::workload::{self, median};
+
+/// R8 bar: saga step rate / raw transaction rate.
+pub const TARGET_RATIO: f64 = 0.6;
+
+/// The saga's name in the data file.
+const SAGA: &str = "bench-saga";
+
+/// Which saga store to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded SQLite store.
+    Sqlite,
+    /// PostgreSQL (not yet).
+    Postgres,
+}
+
+/// Arguments of `yard bench saga`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SagaArgs {
+    /// The saga store.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Saga steps per run (each side).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: u64,
+    /// Rounds (baseline then saga); the report gives medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Steps in flight: engine tasks (one instance each), and baseline steps per transaction.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+    /// `PRAGMA synchronous` on both sides (journal_mode is always WAL).
+    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
+    pub synchronous: SyncMode,
+    /// Size of the emitted event's JSON payload, in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Directory for the temporary data files (default: the system temp directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Starts a bench instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BenchSagaStarted {}
+impl Event for BenchSagaStarted {
+    const EVENT_TYPE: &'static str = "BenchSagaStarted";
+}
+
+/// Moves a bench instance one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BenchSagaStepped {
+    n: u64,
+}
+impl Event for BenchSagaStepped {
+    const EVENT_TYPE: &'static str = "BenchSagaStepped";
+}
+
+/// Emitted by every step (one outbox row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BenchSagaProgressed {
+    data: String,
+}
+impl Event for BenchSagaProgressed {
+    const EVENT_TYPE: &'static str = "BenchSagaProgressed";
+}
+
+/// The bench saga's data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Counter {
+    count: u64,
+}
+
+fn definition(payload_bytes: usize) -> anyhow::Result<SagaDefinition<Counter>> {
+    let data = progressed(payload_bytes);
+    Ok(SagaDefinition::<Counter>::new(SAGA)
+        .states(["Running"])
+        .start_on::<BenchSagaStarted>()
+        .go_to("Running")
+        .on::<BenchSagaStepped>(["Running"])
+        .then(move |_, counter, step| {
+            counter.count += 1;
+            step.publish(&data)
+        })
+        .stay()
+        .build()?)
+}
+
+/// The emitted event, its payload `payload_bytes` long (`{"data":"xx…"}`).
+fn progressed(payload_bytes: usize) -> BenchSagaProgressed {
+    let overhead = r#"{"data":""}"#.len();
+    BenchSagaProgressed {
+        data: "x".repeat(payload_bytes.saturating_sub(overhead)),
+    }
+}
+
+/// Everything held fixed, recorded beside the numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Always `WAL`.
+    pub journal_mode: &'static str,
+    /// `FULL`, `NORMAL` or `OFF`, both sides.
+    pub synchronous: &'static str,
+    /// Engine tasks (= instances) and baseline steps per transaction.
+    pub concurrency: u64,
+    /// Rows each step writes on both sides: instance update, history, outbox payload and queue.
+    pub rows_per_step: u64,
+    /// Emitted event payload, bytes.
+    pub payload_bytes: usize,
+    /// Stored outbox body per step (the emitted envelope JSON), bytes.
+    pub body_bytes: usize,
+    /// The store.
+    pub store: &'static str,
+}
+
+/// The report, printed as a table or (with `--json`) as one JSON object.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaReport {
+    /// `saga` (R8).
+    pub benchmark: &'static str,
+    /// Median raw-transaction rate, steps/s.
+    pub baseline_rate: f64,
+    /// Median saga engine step rate, steps/s.
+    pub rate: f64,
+    /// `rate / baseline_rate`: the R8 figure.
+    pub ratio: f64,
+    /// The bar (0.6).
+    pub target_ratio: f64,
+    /// `ratio >= target_ratio`.
+    pub meets_target: bool,
+    /// Steps per run.
+    pub steps: u64,
+    /// Rounds.
+    pub runs: u32,
+    /// Version conflicts met by the engine over all runs (expected 0: one task per instance).
+    pub conflicts: u64,
+    /// What was held fixed.
+    pub settings: Settings,
+    /// Every baseline run's rate, steps/s.
+    pub baseline_runs: Vec<f64>,
+    /// Every saga run's rate, steps/s.
+    pub saga_runs: Vec<f64>,
+}
+
+/// Opens `path` with the store's pragmas.
+fn open_raw(path: &Path, sync: SyncMode) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "journal_mode is {mode}");
+    conn.pragma_update(None, "synchronous", sync.as_str())?;
+    Ok(conn)
+}
+
+fn broker_config(path: &Path, sync: SyncMode) -> SqliteConfig {
+    let mut cfg = SqliteConfig::new(path);
+    cfg.synchronous = sync.to_broker();
+    cfg
+}
+
+/// Creates the broker's, outbox's and saga tables on `path` with the real stores.
+async fn create_schema(path: &Path, sync: SyncMode) -> anyhow::Result<()> {
+    let broker = SqliteBroker::open(broker_config(path, sync))?;
+    SqliteSagaStore::open(broker.clone()).await?;
+    broker.close().await?;
+    Ok(())
+}
+
+/// The raw loop: `steps` steps over `instances` instances, `per_tx` steps per transaction.
+fn baseline_loop(
+    conn: &mut Connection,
+    steps: u64,
+    instances: u64,
+    per_tx: u64,
+    body: &[u8],
+    props: &str,
+) -> anyhow::Result<f64> {
+    let now = || chrono::Utc::now().timestamp_micros();
+    let key = |i: u64| format!("corr-bench-{i}");
+    {
+        let tx = conn.transaction()?;
+        for i in 0..instances {
+            tx.execute(
+                "INSERT INTO saga_instances
+                   (saga, key, tenant, state, data, version, created_at, updated_at, completed)
+                 VALUES (?1, ?2, 'bench', 'Running', '{\"count\":0}', 1, ?3, ?3, 0)",
+                params![SAGA, key(i), now()],
+            )?;
+        }
+        tx.commit()?;
+    }
+    let mut versions = vec![1i64; usize::try_from(instances)?];
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < steps {
+        let tx = conn.transaction()?;
+        let n = per_tx.min(steps - done);
+        for s in done..done + n {
+            let i = s % instances;
+            let k = key(i);
+            let v = &mut versions[usize::try_from(i)?];
+            let (_state, _data, stored): (String, String, i64) = tx
+                .prepare_cached(
+                    "SELECT state, data, version FROM saga_instances WHERE saga = ?1 AND key = ?2",
+                )?
+                .query_row(params![SAGA, k], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            anyhow::ensure!(stored == *v, "baseline: version moved");
+            let data = format!("{{\"count\":{}}}", *v);
+            let t = now();
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE saga_instances
+                     SET state = 'Running', data = ?3, version = ?4, updated_at = ?5, completed = 0
+                     WHERE saga = ?1 AND key = ?2 AND version = ?6",
+                )?
+                .execute(params![SAGA, k, data, *v + 1, t, *v])?;
+            anyhow::ensure!(changed == 1, "baseline: conflict");
+            tx.prepare_cached(
+                "INSERT INTO saga_history
+                   (saga, key, version, event_id, event_type, from_state, to_state, at)
+                 VALUES (?1, ?2, ?3, ?4, 'BenchSagaStepped', 'Running', 'Running', ?5)",
+            )?
+            .execute(params![SAGA, k, *v + 1, format!("evt-bench-{s}"), t])?;
+            let id = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (topic, partition_key, body, props, deliver_at, created_at)
+                     VALUES ('BenchSagaProgressed', ?1, ?2, ?3, NULL, ?4)",
+                )?
+                .insert(params![k, body, props, t])?;
+            tx.prepare_cached("INSERT INTO outbox_queue (id, partition_key) VALUES (?1, ?2)")?
+                .execute(params![id, k])?;
+            *v += 1;
+        }
+        tx.commit()?;
+        done += n;
+    }
+    Ok(steps as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One baseline run on a fresh file.
+async fn baseline_once(a: &SagaArgs, body: Vec<u8>, props: String) -> anyhow::Result<f64> {
+    let tmp = workload::tempdir(a.dir.as_deref())?;
+    let path = tmp.path().join("baseline.db");
+    create_schema(&path, a.synchronous).await?;
+    let (sync, steps, c) = (a.synchronous, a.steps, a.concurrency);
+    let rate = tokio::task::spawn_blocking(move || {
+        let mut conn = open_raw(&path, sync)?;
+        baseline_loop(&mut conn, steps, c, c, &body, &props)
+    })
+    .await??;
+    drop(tmp);
+    Ok(rate)
+}
+
+/// One saga run on a fresh file: (rate, conflicts).
+async fn saga_once(a: &SagaArgs) -> anyhow::Result<(f64, u64)> {
+    let tmp = workload::tempdir(a.dir.as_deref())?;
+    let broker = SqliteBroker::open(broker_config(&tmp.path().join("saga.db"), a.synchronous))?;
+    let store = Arc::new(SqliteSagaStore::open(broker.clone()).await?);
+    let engine = SagaEngine::new(definition(a.payload_bytes)?, store);
+    let tenant = TenantId::parse("bench")?;
+    let c = a.concurrency;
+    let mut roots = Vec::new();
+    for _ in 0..c {
+        let root = Envelope::for_event(&BenchSagaStarted {}, tenant.clone())?;
+        engine.handle(&root).await?;
+        roots.push(root);
+    }
+    // Inputs prebuilt: they come from the bus in real life.
+    let mut inputs: Vec<Vec<Envelope>> = roots.iter().map(|_| Vec::new()).collect();
+    for s in 0..a.steps {
+        let i = usize::try_from(s % c)?;
+        let mut env = Envelope::for_event(&BenchSagaStepped { n: s }, tenant.clone())?;
+        env.inherit_from(&roots[i]);
+        inputs[i].push(env);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for list in inputs {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for env in &list {
+                match engine.handle(env).await? {
+                    Handled::Moved { .. } => {}
+                    other => anyhow::bail!("unexpected step outcome {other:?}"),
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = a.steps as f64 / started.elapsed().as_secs_f64();
+    let conflicts = engine.counts().conflicts;
+    broker.close().await?;
+    drop(tmp);
+    Ok((rate, conflicts))
+}
+
+/// The outbox row contents of one emitted event (as the engine stores it).
+fn row_bytes(payload_bytes: usize) -> anyhow::Result<(Vec<u8>, String)> {
+    let root = Envelope::for_event(&BenchSagaStarted {}, TenantId::parse("bench")?)?;
+    let mut env = Envelope::for_event(&progressed(payload_bytes), TenantId::parse("bench")?)?;
+    env.inherit_from(&root);
+    let m = Message::from_envelope(&env);
+    Ok((m.body.to_vec(), serde_json::to_string(&m.properties)?))
+}
+
+/// Runs the benchmark and builds the report.
+pub async fn run_saga(a: &SagaArgs) -> anyhow::Result<SagaReport> {
+    if a.store == StoreKind::Postgres {
+        anyhow::bail!(
+            "yard bench saga --store postgres: not yet (the PostgreSQL saga store is being built); \
+             use --store sqlite"
+        );
+    }
+    let (body, props) = row_bytes(a.payload_bytes)?;
+    let (mut baseline_runs, mut saga_runs, mut conflicts) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..a.runs {
+        baseline_runs.push(baseline_once(a, body.clone(), props.clone()).await?);
+        let (rate, c) = saga_once(a).await?;
+        saga_runs.push(rate);
+        conflicts += c;
+    }
+    let (baseline_rate, rate) = (median(&baseline_runs), median(&saga_runs));
+    let ratio = if baseline_rate > 0.0 {
+        rate / baseline_rate
+    } else {
+        0.0
+    };
+    Ok(SagaReport {
+        benchmark: "saga",
+        baseline_rate,
+        rate,
+        ratio,
+        target_ratio: TARGET_RATIO,
+        meets_target: ratio >= TARGET_RATIO,
+        steps: a.steps,
+        runs: a.runs,
+        conflicts,
+        settings: Settings {
+            journal_mode: "WAL",
+            synchronous: a.synchronous.as_str(),
+            concurrency: a.concurrency,
+            rows_per_step: 4,
+            payload_bytes: a.payload_bytes,
+            body_bytes: body.len(),
+            store: "sqlite",
+        },
+        baseline_runs,
+        saga_runs,
+    })
+}
+
+/// The human-readable report.
+pub fn table(r: &SagaReport) -> String {
+    let s = &r.settings;
+    format!(
+        "yard bench saga (R8) — store {}, WAL, synchronous={}, {} in flight, {} steps x {} runs\n\
+         baseline (raw transaction, same rows)  {:>12.0} steps/s\n\
+         saga engine + store                    {:>12.0} steps/s\n\
+         ratio                                  {:>12.3}   (target >= {:.2}: {})\n\
+         conflicts                              {:>12}\n",
+        s.store,
+        s.synchronous,
+        s.concurrency,
+        r.steps,
+        r.runs,
+        r.baseline_rate,
+        r.rate,
+        r.ratio,
+        r.target_ratio,
+        if r.meets_target { "met" } else { "NOT met" },
+        r.conflicts
+    )
+}
+
+/// `yard bench saga`: runs, prints, exits 0 whether or not the target is met.
+pub async fn run(a: SagaArgs) -> anyhow::Result<ExitCode> {
+    let report = run_saga(&a).await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+        if !report.meets_target {
+            eprintln!(
+                "yard bench saga: ratio {:.3} is below the target {:.2}",
+                report.ratio, report.target_ratio
+            );
+        }
+    } else {
+        write!(out, "{}", table(&report))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
