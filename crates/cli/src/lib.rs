@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod duration;
 pub mod outbox;
 pub mod publish;
+pub mod saga;
 pub mod tail;
 
 /// yard — operate eventyard: run the reference demo, publish and tail events, benchmark.
@@ -60,6 +61,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// The transactional outbox: status (backlog, lag, parked) and the relay.
     Outbox(outbox::OutboxArgs),
+    /// Saga instances: list them, show one with its history and pending timeouts.
+    Saga(saga::SagaArgs),
 }
 
 /// Parses a human duration: `250ms`, `5s`, `2m`, `1h`, or plain seconds.
@@ -105,5 +108,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::run(a).await,
         Command::Dlq(a) => dlq::run(a).await,
         Command::Outbox(a) => outbox::run(a).await,
+        Command::Saga(a) => saga::run(a).await,
     }
 }
