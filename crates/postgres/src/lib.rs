@@ -9,6 +9,7 @@
 //!   it reconnects after a server restart.
 //! - [`bench`] measures the relay drain rate against a batched INSERT (TARGETS R4) and the
 //!   commit → claim latency (the store's part of R6).
+//! - [`PgSagaStore`] persists saga instances ([`eventyard_core::saga::SagaStore`]; see [`saga`]).
 //!
 //! The schema and its SQL are described in the `schema` module's source documentation:
 //! `<schema>.outbox` (pending and parked records), `<schema>.outbox_claims` (leases),

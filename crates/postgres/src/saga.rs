@@ -1024,3 +1024,127 @@ impl SagaStore for PgSagaStore {
         Ok(row.get(0))
     }
 }
+
+/// What [`bench_raw_steps`] runs: the baseline of `yard bench saga --store postgres`.
+#[derive(Debug, Clone)]
+pub struct RawStepBench {
+    /// The saga name written.
+    pub saga: String,
+    /// Steps in all (each one transaction).
+    pub steps: u64,
+    /// Instances stepped (keys `bench-<n>`), created first at version 1.
+    pub instances: u64,
+    /// Connections (and tasks) stepping in parallel, each on its own instances.
+    pub connections: usize,
+    /// Outbox topic of the event each step records.
+    pub topic: String,
+    /// The event each step records (as the engine would store it).
+    pub message: eventyard_core::transport::Message,
+}
+
+/// The raw-transaction baseline for saga steps on PostgreSQL, on `store`'s schema (which must be
+/// fresh): `connections` tasks, each on a plain connection of its own with the store's session
+/// settings, run one transaction per step — `BEGIN`, `SELECT` the instance, `UPDATE … WHERE
+/// version = v`, `INSERT` the history row, `INSERT` the outbox record, `COMMIT` — the rows a saga
+/// commit writes, one hand-written statement after the other. Returns steps per second (setup
+/// excluded).
+pub async fn bench_raw_steps(store: &PgSagaStore, b: &RawStepBench) -> Result<f64, SagaError> {
+    if b.instances == 0 || b.connections == 0 {
+        return Err(SagaError::Invalid(
+            "bench: instances and connections must be at least 1".into(),
+        ));
+    }
+    let s = store.schema();
+    let e = |e: tokio_postgres::Error| db_error("bench", e);
+    let mut setup = pool::connect(&store.inner.pg).await.map_err(from_outbox)?;
+    let tx = setup.transaction().await.map_err(e)?;
+    let now = Utc::now();
+    let keys: Vec<String> = (0..b.instances).map(|i| format!("bench-{i}")).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {s}.saga_instances ({INSTANCE_COLUMNS}) \
+             SELECT $1, k, 'bench', 'Running', '{{\"count\":0}}', 1, $2, $2, false \
+             FROM unnest($3::text[]) AS k"
+        ),
+        &[&b.saga, &now, &keys],
+    )
+    .await
+    .map_err(e)?;
+    tx.commit().await.map_err(e)?;
+    drop(setup);
+
+    let workers = b
+        .connections
+        .min(usize::try_from(b.instances).unwrap_or(usize::MAX));
+    let mut clients = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        clients.push(pool::connect(&store.inner.pg).await.map_err(from_outbox)?);
+    }
+    let sql = Arc::new([
+        format!("SELECT state, data, version FROM {s}.saga_instances WHERE saga = $1 AND key = $2"),
+        format!(
+            "UPDATE {s}.saga_instances SET state = 'Running', data = $3, version = $4, \
+             updated_at = $5, completed = false WHERE saga = $1 AND key = $2 AND version = $6"
+        ),
+        format!(
+            "INSERT INTO {s}.saga_history \
+             (saga, key, event_id, version, event_type, from_state, to_state, at) \
+             VALUES ($1, $2, $3, $4, 'BenchSagaStepped', 'Running', 'Running', $5)"
+        ),
+        format!(
+            "INSERT INTO {s}.outbox (topic, partition_key, body, properties) \
+             VALUES ($1, $2, $3, $4)"
+        ),
+    ]);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::with_capacity(workers);
+    for (w, mut client) in clients.into_iter().enumerate() {
+        // Worker w steps instances w, w + workers, … round-robin; steps split evenly.
+        let mine: Vec<String> = keys.iter().skip(w).step_by(workers).cloned().collect();
+        let steps = b.steps / workers as u64 + u64::from((w as u64) < b.steps % workers as u64);
+        let (sql, b) = (Arc::clone(&sql), b.clone());
+        tasks.push(tokio::spawn(async move {
+            let st = futures::future::try_join_all(sql.iter().map(|q| client.prepare(q)))
+                .await
+                .map_err(e)?;
+            let props = tokio_postgres::types::Json(&b.message.properties);
+            let body: &[u8] = &b.message.body;
+            let mut versions = vec![1i64; mine.len()];
+            for n in 0..steps {
+                let i = usize::try_from(n % mine.len() as u64).unwrap_or(0);
+                let key = &mine[i];
+                let tx = client.transaction().await.map_err(e)?;
+                let row = tx.query_one(&st[0], &[&b.saga, key]).await.map_err(e)?;
+                let stored: i64 = row.get(2);
+                if stored != versions[i] {
+                    return Err(SagaError::Storage("bench: version moved".into()));
+                }
+                let next = versions[i] + 1;
+                let data = serde_json::json!({ "count": next - 1 });
+                let at = Utc::now();
+                let changed = tx
+                    .execute(&st[1], &[&b.saga, key, &data, &next, &at, &versions[i]])
+                    .await
+                    .map_err(e)?;
+                if changed != 1 {
+                    return Err(SagaError::Storage("bench: conflict".into()));
+                }
+                let event_id = format!("evt-bench-{w}-{n}");
+                tx.execute(&st[2], &[&b.saga, key, &event_id, &next, &at])
+                    .await
+                    .map_err(e)?;
+                tx.execute(&st[3], &[&b.topic, key, &body, &props])
+                    .await
+                    .map_err(e)?;
+                tx.commit().await.map_err(e)?;
+                versions[i] = next;
+            }
+            Ok::<_, SagaError>(())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .map_err(|j| SagaError::Storage(format!("bench task: {j}")))??;
+    }
+    Ok(b.steps as f64 / started.elapsed().as_secs_f64())
+}
