@@ -33,6 +33,8 @@ pub struct Backend {
     pub prefix: Option<String>,
     /// The transport.
     pub transport: Arc<dyn Transport>,
+    /// The same, as the embedded broker (for its DLQ operations).
+    pub embedded: Option<SqliteBroker>,
 }
 
 /// `scheme://user:***@host…`: `url` without its password.
@@ -86,14 +88,17 @@ fn with_run_prefix(url: &str) -> (String, String) {
     (format!("{base}?{}", pairs.join("&")), prefix)
 }
 
-/// Opens the transport `url` (or the embedded broker `broker` when `None`).
-pub async fn open(url: Option<&str>, broker: &SqliteBroker) -> anyhow::Result<Backend> {
+/// Opens the transport `url`, or when `None` the embedded broker `store` (the data file's, which
+/// also holds the platforms' state, the inbox and the outbox: one handle, one writer thread).
+pub async fn open(url: Option<&str>, store: &SqliteBroker) -> anyhow::Result<Backend> {
     let Some(url) = url else {
+        let broker = store.clone();
         return Ok(Backend {
             kind: Kind::Embedded,
             url: None,
             prefix: None,
             transport: Arc::new(broker.clone()),
+            embedded: Some(broker),
         });
     };
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
@@ -117,6 +122,7 @@ pub async fn open(url: Option<&str>, broker: &SqliteBroker) -> anyhow::Result<Ba
         url: Some(url),
         prefix,
         transport,
+        embedded: None,
     })
 }
 

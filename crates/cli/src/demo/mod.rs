@@ -213,8 +213,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         bail!("--other-tenant must differ from connectsoft");
     }
     println!("eventyard demo — the reference factory scenario (SPEC §7)");
-    let broker = SqliteBroker::open(SqliteConfig::new(&path))?;
-    let backend = backend::open(a.transport.as_deref(), &broker).await?;
+    // The platforms' state, the inbox and the outbox.
+    let store = SqliteBroker::open(SqliteConfig::new(&path))?;
+    let backend = backend::open(a.transport.as_deref(), &store).await?;
     println!("transport: {}", backend.describe());
     println!(
         "data file: {} (WAL, synchronous=FULL; platform state, inbox and outbox{})",
@@ -227,13 +228,6 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("tenants:   {tenant} (observed) and {other} (concurrent, must stay invisible)\n");
 
-    // The platforms' transactions go through a handle of their own: a transaction on the
-    // broker's handle wakes every receiver of that handle (it may have published), and 80 of
-    // them would all look for work after each step.
-    let store = match backend.kind {
-        Kind::Embedded => SqliteBroker::open(SqliteConfig::new(&path))?,
-        _ => broker.clone(),
-    };
     let shared = Shared::new(store.clone());
     shared.create_tables().await?;
     let run = Run {
@@ -276,15 +270,17 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let outcome = result?;
     shut?;
     summary(&run, &outcome, relayed.dispatched, &cleanup);
-    if let Some(p) = &a.data
-        && run.backend.kind == Kind::Embedded
-    {
-        println!(
-            "\ndata kept at {} — try: yard tail --data {} --topic ProjectCreated; yard outbox status --data {}",
-            p.display(),
-            p.display(),
-            p.display()
-        );
+    if let Some(p) = &a.data {
+        let p = p.display();
+        if run.backend.kind == Kind::Embedded {
+            println!(
+                "\ndata kept at {p} — try: yard tail --data {p} --topic ProjectCreated; yard outbox status --data {p}"
+            );
+        } else {
+            println!(
+                "\ndata kept at {p} (state, inbox, outbox) — try: yard outbox status --data {p}"
+            );
+        }
     }
     let violations = run.rec.violations.lock().map(|v| v.len()).unwrap_or(1);
     if violations > 0 {
@@ -337,7 +333,7 @@ async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
 
     let deadline = tokio::time::Instant::now() + run.timeout;
     // Step 6: the poison message. Wait for it in the dead-letter queue, "deploy the fix", replay.
-    let embedded = (run.backend.kind == Kind::Embedded).then_some(&run.broker);
+    let embedded = run.backend.embedded.as_ref();
     let transport = &*run.backend.transport;
     let poison_sub = format!("observability.alerting.{}", run.tenant);
     let found =
