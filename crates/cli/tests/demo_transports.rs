@@ -70,7 +70,45 @@ fn demo_on(url: &str) -> String {
     });
     assert_eq!(pending, 0);
     assert_eq!(rows, 2, "one workflow row per tenant");
+    check_propagation(&b, &rt);
     out
+}
+
+/// The outbox keeps the relayed records (the demo runs no cleaner): per tenant, one root
+/// (ProjectCreated), one trace and one correlation, and every other event caused by an event of
+/// the same run — propagation held through the outbox.
+fn check_propagation(b: &eventyard::sqlite::SqliteBroker, rt: &tokio::runtime::Runtime) {
+    let bodies: Vec<Vec<u8>> = rt
+        .block_on(b.transaction(|tx| {
+            let mut s = tx.prepare("SELECT body FROM outbox ORDER BY id")?;
+            let rows = s.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<Vec<Vec<u8>>, _>>()
+        }))
+        .unwrap()
+        .unwrap();
+    assert_eq!(bodies.len(), 44, "42 events, the duplicate promotion twice");
+    let envs: Vec<eventyard::Envelope> = bodies
+        .iter()
+        .map(|b| eventyard::Envelope::from_json(b).unwrap())
+        .collect();
+    let ids: std::collections::HashSet<_> = envs.iter().map(|e| e.event_id.clone()).collect();
+    for tenant in ["connectsoft", "acme-robotics"] {
+        let mine: Vec<_> = envs
+            .iter()
+            .filter(|e| e.tenant_id.as_str() == tenant)
+            .collect();
+        assert_eq!(mine.len(), 22, "{tenant}");
+        let roots: Vec<_> = mine.iter().filter(|e| e.causation_id.is_none()).collect();
+        assert_eq!(roots.len(), 1, "{tenant}: one root");
+        assert_eq!(roots[0].event_type.as_str(), "ProjectCreated");
+        for e in &mine {
+            assert_eq!(e.trace_id, roots[0].trace_id, "{tenant}: {}", e.event_type);
+            assert_eq!(e.correlation_id, roots[0].correlation_id);
+            if let Some(c) = &e.causation_id {
+                assert!(ids.contains(c), "{}: cause {c} not produced", e.event_type);
+            }
+        }
+    }
 }
 
 /// The demo on a shared broker, if it is there: names under a prefix of the run's own, deleted
