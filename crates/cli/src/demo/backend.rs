@@ -202,19 +202,18 @@ async fn delete_exchanges(url: &str, prefix: &str, topics: &[&str]) -> anyhow::R
     let conn = lapin::Connection::connect(&uri, props).await?;
     let mut names: Vec<String> = topics.iter().map(|t| format!("{prefix}.{t}")).collect();
     names.extend([format!("{prefix}:route"), format!("{prefix}:delay")]);
-    let mut n = 0;
-    for name in &names {
-        // A failed delete (e.g. an exchange never declared) closes the channel: one each.
-        let ch = conn.create_channel().await?;
-        if ch
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+    let conn = &conn;
+    let deleted = futures::future::join_all(names.iter().map(|name| async move {
+        // A failed delete (e.g. an exchange never declared) closes its channel: one each.
+        let ch = conn.create_channel().await.ok()?;
+        ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
             .await
-            .is_ok()
-        {
-            n += 1;
-            let _ = ch.close(200, "done".into()).await;
-        }
-    }
+            .ok()?;
+        let _ = ch.close(200, "done".into()).await;
+        Some(())
+    }))
+    .await;
+    let n = deleted.iter().flatten().count();
     let _ = conn.close(200, "done".into()).await;
     Ok(n)
 }

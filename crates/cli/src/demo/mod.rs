@@ -267,6 +267,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         run.backend.cleanup(&subscriptions, ALL_TYPES).await,
         cleaning.elapsed().as_secs_f64() * 1e3
     );
+    if run.backend.kind != Kind::Embedded {
+        // The bus closed the transport; the data file's handle is closed here.
+        let _ = eventyard::Transport::close(&run.broker).await;
+    }
     let outcome = result?;
     shut?;
     summary(&run, &outcome, relayed.dispatched, &cleanup);
