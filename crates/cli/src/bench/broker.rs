@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use eventyard::sqlite::{SqliteBroker, SqliteConfig};
-use eventyard::{Bus, Envelope, HandlerError, MessageContext};
+use eventyard::{Bus, Envelope, EnvelopeHandler, HandlerError, MessageContext};
 use serde::Serialize;
 
 use super::SyncMode;
@@ -66,19 +66,39 @@ pub struct BrokerRun {
 /// How long the run may go without any ack progress before it is declared stuck.
 const STALL: Duration = Duration::from_secs(30);
 
-/// Runs once on a fresh data file at `path`.
-pub async fn run(path: &Path, p: &BrokerParams, template: &Envelope) -> anyhow::Result<BrokerRun> {
+/// Opens a broker on a fresh data file at `path` with the run's `synchronous`.
+pub fn open(path: &Path, sync: SyncMode) -> anyhow::Result<SqliteBroker> {
     let mut cfg = SqliteConfig::new(path);
-    cfg.synchronous = p.synchronous.to_broker();
-    let broker = SqliteBroker::open(cfg)?;
+    cfg.synchronous = sync.to_broker();
+    Ok(SqliteBroker::open(cfg)?)
+}
+
+/// Runs once on a fresh data file at `path` with a no-op handler.
+pub async fn run(path: &Path, p: &BrokerParams, template: &Envelope) -> anyhow::Result<BrokerRun> {
+    let broker = open(path, p.synchronous)?;
+    run_on(
+        broker,
+        p,
+        template,
+        |_env: Envelope, _ctx: MessageContext| async { Ok::<(), HandlerError>(()) },
+    )
+    .await
+}
+
+/// Runs once on `broker` (opened with [`open`]) with `handler` as the consumer's handler; the
+/// broker is closed at the end.
+pub async fn run_on<H: EnvelopeHandler>(
+    broker: SqliteBroker,
+    p: &BrokerParams,
+    template: &Envelope,
+    handler: H,
+) -> anyhow::Result<BrokerRun> {
     let bus = Bus::new(Arc::new(broker));
     let consumer = bus
         .subscription(SUBSCRIPTION)
         .topic(EVENT_TYPE)
         .concurrency(usize::try_from(p.concurrency)?)
-        .handle_envelopes(|_env: Envelope, _ctx: MessageContext| async {
-            Ok::<(), HandlerError>(())
-        })
+        .handle_envelopes(handler)
         .await?;
     let before = sched_by_thread();
     let mut result = drive(&bus, &consumer, p, template).await;

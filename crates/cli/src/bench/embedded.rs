@@ -167,7 +167,7 @@ fn baseline_cpu(runs: &[BaselineRun]) -> f64 {
 }
 
 /// Medians over runs of a per-thread map.
-fn by_thread(
+pub fn by_thread(
     runs: &[BrokerRun],
     pick: fn(&BrokerRun) -> &BTreeMap<String, f64>,
 ) -> BTreeMap<String, f64> {
@@ -180,7 +180,8 @@ fn by_thread(
     all.into_iter().map(|(n, v)| (n, median(&v))).collect()
 }
 
-fn ratio(rate: f64, baseline: f64) -> f64 {
+/// `rate / baseline`, 0 without a baseline.
+pub fn ratio(rate: f64, baseline: f64) -> f64 {
     if baseline > 0.0 { rate / baseline } else { 0.0 }
 }
 
@@ -307,7 +308,7 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
 }
 
 /// The three load averages of `/proc/loadavg`, or an empty string.
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub mod baseline;
 pub mod broker;
 pub mod embedded;
+pub mod inbox;
 pub mod latency;
 pub mod saga;
 pub mod transport;
@@ -34,6 +35,8 @@ pub enum Which {
     Transport(transport::TransportArgs),
     /// R8: saga step rate (engine + store) vs a raw transaction writing the same rows.
     Saga(saga::SagaArgs),
+    /// R3: consume rate with the idempotent inbox vs the same handler without it (embedded store).
+    Inbox(inbox::InboxArgs),
 }
 
 /// `PRAGMA synchronous` for both the baseline and the broker.
@@ -112,5 +115,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Which::Embedded(a) => embedded::run(a).await,
         Which::Transport(a) => transport::run(a).await,
         Which::Saga(a) => saga::run(a).await,
+        Which::Inbox(a) => inbox::run(a).await,
     }
 }

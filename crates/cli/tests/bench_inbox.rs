@@ -1,0 +1,77 @@
+//! `yard bench inbox --json` with tiny numbers: runs end to end, exits 0, and reports sane
+//! figures (positive rates, ratio = rate / baseline_rate, settings, every run's messages).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
+}
+
+#[test]
+fn bench_inbox_json_is_sane() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_yard"))
+        .args([
+            "bench",
+            "inbox",
+            "--json",
+            "--messages",
+            "600",
+            "--runs",
+            "1",
+            "--batch",
+            "100",
+            "--aggregates",
+            "16",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("YARD_LOG", "error")
+        .output()
+        .expect("run yard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{stdout}");
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+
+    assert_eq!(v["benchmark"], "inbox");
+    let (baseline, rate, ratio) = (num(&v, "baseline_rate"), num(&v, "rate"), num(&v, "ratio"));
+    assert!(baseline > 0.0 && rate > 0.0, "{v}");
+    assert!(
+        (ratio - rate / baseline).abs() <= 1e-9 * ratio.max(1.0),
+        "{v}"
+    );
+    assert_eq!(num(&v, "target_ratio"), 0.5);
+    assert_eq!(v["meets_target"], ratio >= 0.5);
+    assert_eq!(v["messages"], 600);
+    assert_eq!(v["payload_bytes"], 256);
+    assert_eq!(v["runs"], 1);
+
+    let s = &v["settings"];
+    assert_eq!(s["journal_mode"], "WAL");
+    assert_eq!(s["synchronous"], "FULL");
+    assert_eq!(s["batch"], 100);
+    assert_eq!(s["aggregates"], 16);
+    assert!(num(s, "publishers") >= 1.0 && num(s, "consumer_concurrency") >= 1.0);
+
+    for key in ["baseline_runs", "inbox_runs"] {
+        let runs = v[key].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{key}");
+        assert!(num(&runs[0], "rate") > 0.0 && num(&runs[0], "elapsed_s") > 0.0);
+        assert_eq!(runs[0]["messages"], 600);
+        assert_eq!(runs[0]["anomalies"], 0, "{key}");
+    }
+
+    // The temporary data files are gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
