@@ -251,7 +251,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             ..RelayConfig::default()
         },
     );
-    let result = scenario(&run, &relay).await;
+    // Interrupted, the run still stops and deletes what it created on the broker.
+    let result = tokio::select! {
+        r = scenario(&run, &relay) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     let subscriptions: Vec<(String, String)> = run
         .bus
         .consumer_counts()
@@ -270,6 +274,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if run.backend.kind != Kind::Embedded {
         // The bus closed the transport; the data file's handle is closed here.
         let _ = eventyard::Transport::close(&run.broker).await;
+    }
+    if result.is_err() && run.backend.url.is_some() {
+        eprintln!("cleanup: {cleanup}");
     }
     let outcome = result?;
     shut?;
