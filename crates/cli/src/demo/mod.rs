@@ -49,8 +49,8 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run on this transport instead of the data file's embedded broker: amqp://… (RabbitMQ),
-    /// nats://… (NATS JetStream) or sqlite://OTHER.db. Names get a prefix unique to the run and
-    /// are deleted at the end.
+    /// nats://… (NATS JetStream) or sqlite://OTHER.db. On RabbitMQ and NATS every name gets a
+    /// prefix unique to the run; what the run created is deleted at the end.
     #[arg(long)]
     pub transport: Option<String>,
     /// The second tenant, running concurrently and invisible to the first.
