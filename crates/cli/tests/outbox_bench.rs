@@ -1,56 +1,103 @@
-//! The outbox benchmark module (`src/bench/outbox.rs`, to be wired as `yard bench outbox`),
-//! compiled here directly: a small smoke run always, the full run on demand:
-//! `cargo test --release -p eventyard-cli --test outbox_bench -- --ignored --nocapture`.
+//! `yard bench outbox --store sqlite|postgres --json` with tiny numbers, through the binary:
+//! runs end to end, exits 0, and reports sane figures (positive rates, ratio = rate / baseline
+//! of the median run, ordered percentiles, settings). The PostgreSQL run needs a server
+//! (`EVENTYARD_PG_URL` or the loopback default; skipped outside CI when absent).
+//!
+//! The full benchmark: `cargo run --release -p eventyard-cli -- bench outbox --store postgres`.
 
-#[path = "../src/bench/outbox.rs"]
-#[allow(dead_code)]
-mod bench_outbox;
+mod common;
 
-use std::time::Duration;
+use eventyard_testkit::services::{Service, require};
+use serde_json::Value;
 
-use bench_outbox::{OutboxBenchOptions, measure, print};
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbox_bench_smoke() {
-    let r = measure(&OutboxBenchOptions {
-        events: 3000,
-        runs: 1,
-        latency_rate: 200,
-        latency_for: Duration::from_secs(1),
-        ..OutboxBenchOptions::default()
-    })
-    .await
-    .unwrap();
-    print(&r);
-    assert!(r.insert_rate > 0.0 && r.drain_rate > 0.0 && r.ratio > 0.0);
-    assert_eq!(r.latency.events, 200);
-    assert!(r.latency.p50_ms < 1000.0, "{:?}", r.latency);
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: run it in release mode, on purpose"]
-async fn outbox_bench_full() {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-    if [
-        "OUTBOX_BENCH_EVENTS",
-        "OUTBOX_BENCH_RUNS",
-        "OUTBOX_BENCH_KEYS",
-    ]
-    .iter()
-    .all(|k| env(k).is_none())
-    {
-        let json = std::env::var("OUTBOX_BENCH_JSON").is_ok();
-        bench_outbox::run("sqlite", json).await.unwrap();
-        return;
+fn bench(store: &str, url: Option<&str>) -> Value {
+    let mut cmd = common::yard();
+    cmd.args([
+        "bench",
+        "outbox",
+        "--store",
+        store,
+        "--json",
+        "--events",
+        "1500",
+        "--runs",
+        "1",
+        "--batch",
+        "200",
+        "--keys",
+        "100",
+        "--rate",
+        "200",
+        "--seconds",
+        "0.5",
+    ])
+    .env("YARD_LOG", "error");
+    if let Some(u) = url {
+        cmd.args(["--url", u]);
     }
-    let d = OutboxBenchOptions::default();
-    let r = measure(&OutboxBenchOptions {
-        events: env("OUTBOX_BENCH_EVENTS").unwrap_or(d.events),
-        runs: env("OUTBOX_BENCH_RUNS").unwrap_or(d.runs),
-        keys: env("OUTBOX_BENCH_KEYS").unwrap_or(d.keys),
-        ..d
-    })
-    .await
-    .unwrap();
-    print(&r);
+    let out = cmd.output().expect("run yard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{stdout}");
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["benchmark"], "outbox", "{v}");
+    assert_eq!(v["store"], store, "{v}");
+    let (baseline, rate, ratio) = (num(&v, "baseline_rate"), num(&v, "rate"), num(&v, "ratio"));
+    assert!(baseline > 0.0 && rate > 0.0 && ratio > 0.0, "{v}");
+    // One run: the ratio is that run's.
+    assert!(
+        (ratio - rate / baseline).abs() <= 1e-9 * ratio.max(1.0),
+        "{v}"
+    );
+    let (p50, p99, p999) = (num(&v, "p50_ms"), num(&v, "p99_ms"), num(&v, "p999_ms"));
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{v}");
+    assert_eq!(v["latency"]["events"], 100, "{v}");
+    let s = &v["settings"];
+    assert_eq!(s["events"], 1500, "{v}");
+    assert_eq!(s["batch"], 200, "{v}");
+    assert_eq!(s["keys"], 100, "{v}");
+    assert_eq!(s["runs"], 1, "{v}");
+    assert!(
+        s["durability"].as_str().is_some_and(|d| !d.is_empty()),
+        "{v}"
+    );
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(num(&v, "target_ratio"), 0.5, "{v}");
+    v
+}
+
+#[test]
+fn bench_outbox_sqlite_json_is_sane() {
+    let v = bench("sqlite", None);
+    assert_eq!(num(&v, "target_rate"), 0.0, "{v}");
+}
+
+#[test]
+fn bench_outbox_postgres_json_is_sane() {
+    let Some(url) = require(Service::Postgres) else {
+        return;
+    };
+    let v = bench("postgres", Some(&url));
+    assert_eq!(num(&v, "target_rate"), 10_000.0, "{v}");
+    let d = v["settings"]["durability"].as_str().unwrap();
+    assert!(d.contains("synchronous_commit=on"), "{d}");
+}
+
+#[test]
+fn bench_outbox_rejects_an_unknown_store() {
+    let out = common::run(&["bench", "outbox", "--store", "mysql"]);
+    assert!(!out.status.success());
+    assert!(common::stderr(&out).contains("mysql"), "{:?}", out);
 }

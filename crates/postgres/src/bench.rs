@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use eventyard_core::outbox::{OutboxError, OutboxStore};
+use eventyard_core::outbox::{OutboxError, OutboxStore, PendingEvent};
 use eventyard_core::{Properties, properties::names};
 use serde::Serialize;
 use tokio_postgres::types::Json;
@@ -134,7 +134,8 @@ pub async fn bench_drain(url: &str, n: usize, batch: usize) -> Result<DrainFigur
     .await
 }
 
-fn bench_schema() -> String {
+/// A fresh schema name for one benchmark run (`eventyard_bench_<pid>_<time>`).
+pub fn bench_schema() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -158,6 +159,112 @@ fn properties(i: usize) -> Properties {
     .collect()
 }
 
+/// Version, `fsync` and `wal_sync_method` of the server at `url`, for the durability notes of
+/// benchmark reports.
+pub async fn server_settings(url: &str) -> Result<String, OutboxError> {
+    let conn = pool::connect(&crate::config::pg_config(url, &PgOutboxConfig::default())?).await?;
+    let row = conn
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('fsync'), \
+             current_setting('wal_sync_method')",
+            &[],
+        )
+        .await
+        .map_err(|e| error::map("bench", e))?;
+    Ok(format!(
+        "{} (fsync={}, wal_sync_method={})",
+        row.get::<_, String>(0),
+        row.get::<_, String>(1),
+        row.get::<_, String>(2)
+    ))
+}
+
+/// The R4 baseline: inserts `events` into the outbox of `store` with the statement
+/// [`add_batch`](crate::outbox::add_batch) runs (`INSERT … SELECT unnest(…)`), `batch` rows per
+/// statement, each statement its own durable transaction (`synchronous_commit=on`), on a
+/// connection of its own. Parameters are built before the clock starts. Returns the time the
+/// inserts took; the rows stay (they are the backlog the relay then drains).
+pub async fn insert_backlog(
+    store: &PgOutbox,
+    events: &[PendingEvent],
+    batch: usize,
+) -> Result<Duration, OutboxError> {
+    let (secs, _) = Baseline::open(store).await?.insert(events, batch).await?;
+    Ok(secs)
+}
+
+/// The baseline's own durable connection and prepared batch INSERT.
+struct Baseline {
+    client: tokio_postgres::Client,
+    insert: tokio_postgres::Statement,
+    pid: i32,
+}
+
+impl Baseline {
+    async fn open(store: &PgOutbox) -> Result<Self, OutboxError> {
+        let client = pool::connect(store.pg_config()).await?;
+        let e = |e| error::map("bench", e);
+        // The baseline is durable whatever the store's setting.
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(e)?;
+        let insert = client
+            .prepare(&crate::sql::Sql::new(store.schema()).insert_many)
+            .await
+            .map_err(e)?;
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(e)?
+            .get(0);
+        Ok(Baseline {
+            client,
+            insert,
+            pid,
+        })
+    }
+
+    /// Inserts `events`, `batch` per statement; returns the time taken and the server backend's
+    /// CPU seconds over it (when readable).
+    async fn insert(
+        &self,
+        events: &[PendingEvent],
+        batch: usize,
+    ) -> Result<(Duration, Option<f64>), OutboxError> {
+        type Row<'a> = (
+            Vec<&'a str>,
+            Vec<&'a str>,
+            Vec<&'a [u8]>,
+            Vec<Json<&'a Properties>>,
+            Vec<Option<chrono::DateTime<chrono::Utc>>>,
+        );
+        // Build all parameters first so that only the database work is timed.
+        let chunks: Vec<Row<'_>> = events
+            .chunks(batch.max(1))
+            .map(|c| {
+                (
+                    c.iter().map(|e| e.topic.as_str()).collect(),
+                    c.iter().map(|e| e.partition_key.as_str()).collect(),
+                    c.iter().map(|e| &e.message.body[..]).collect(),
+                    c.iter().map(|e| Json(&e.message.properties)).collect(),
+                    c.iter().map(|e| e.deliver_at).collect(),
+                )
+            })
+            .collect();
+        let cpu0 = pids_cpu_secs(&[self.pid]);
+        let started = Instant::now();
+        for (topics, keys, bodies, props, deliver) in &chunks {
+            self.client
+                .execute(&self.insert, &[topics, keys, bodies, props, deliver])
+                .await
+                .map_err(|e| error::map("bench", e))?;
+        }
+        let took = started.elapsed();
+        Ok((took, delta(cpu0, pids_cpu_secs(&[self.pid]))))
+    }
+}
+
 /// Inserts the backlog, drains it, cleans it up; see the module doc.
 pub async fn bench_drain_with(url: &str, o: DrainOptions) -> Result<DrainFigures, OutboxError> {
     let schema = bench_schema();
@@ -177,13 +284,9 @@ pub async fn bench_drain_with(url: &str, o: DrainOptions) -> Result<DrainFigures
 }
 
 async fn run(store: &PgOutbox, o: &DrainOptions) -> Result<DrainFigures, OutboxError> {
-    let client = pool::connect(store.pg_config()).await?;
+    let baseline = Baseline::open(store).await?;
+    let client = &baseline.client;
     let e = |e| error::map("bench", e);
-    // The baseline is durable whatever the store's setting.
-    client
-        .batch_execute("SET synchronous_commit = on")
-        .await
-        .map_err(e)?;
     let durability = {
         let fsync: String = client.query_one("SHOW fsync", &[]).await.map_err(e)?.get(0);
         format!(
@@ -191,40 +294,21 @@ async fn run(store: &PgOutbox, o: &DrainOptions) -> Result<DrainFigures, OutboxE
             if o.synchronous_commit { "on" } else { "off" }
         )
     };
-    let insert = client
-        .prepare(&crate::sql::Sql::new(store.schema()).insert_many)
-        .await
-        .map_err(e)?;
-    let body = vec![b'x'; o.payload_bytes];
-    // Build all parameters first so that only the database work is timed.
-    let chunks: Vec<_> = (0..o.n)
-        .collect::<Vec<_>>()
-        .chunks(BASELINE_BATCH)
-        .map(|c| {
-            let topics: Vec<&str> = c.iter().map(|_| "bench.orders").collect();
-            let keys: Vec<String> = c.iter().map(|i| format!("agg-{}", i % 1000)).collect();
-            let bodies: Vec<&[u8]> = c.iter().map(|_| &body[..]).collect();
-            let props: Vec<Json<Properties>> = c.iter().map(|i| Json(properties(*i))).collect();
-            let deliver: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-                c.iter().map(|_| None).collect();
-            (topics, keys, bodies, props, deliver)
+    let body = bytes::Bytes::from(vec![b'x'; o.payload_bytes]);
+    let events: Vec<PendingEvent> = (0..o.n)
+        .map(|i| PendingEvent {
+            topic: "bench.orders".into(),
+            partition_key: format!("agg-{}", i % 1000),
+            message: eventyard_core::Message {
+                body: body.clone(),
+                properties: properties(i),
+            },
+            deliver_at: None,
         })
         .collect();
-    let own_pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(e)?
-        .get(0);
-    let backend0 = pids_cpu_secs(&[own_pid]);
-    let started = Instant::now();
-    for (topics, keys, bodies, props, deliver) in &chunks {
-        client
-            .execute(&insert, &[topics, keys, bodies, props, deliver])
-            .await
-            .map_err(e)?;
-    }
-    let baseline_secs = started.elapsed().as_secs_f64();
-    let backend1 = pids_cpu_secs(&[own_pid]);
+    let own_pid = baseline.pid;
+    let (took, baseline_cpu) = baseline.insert(&events, BASELINE_BATCH).await?;
+    let baseline_secs = took.as_secs_f64();
     let client0 = self_cpu_secs();
 
     let drained = Arc::new(AtomicU64::new(0));
@@ -303,7 +387,7 @@ async fn run(store: &PgOutbox, o: &DrainOptions) -> Result<DrainFigures, OutboxE
         cleanup_secs,
         cleanup_rate: cleaned as f64 / cleanup_secs.max(1e-9),
         durability,
-        backend_cpu_baseline_secs: delta(backend0, backend1),
+        backend_cpu_baseline_secs: baseline_cpu,
         backend_cpu_drain_secs: store_cpu,
         client_cpu_drain_secs: delta(client0, client1),
         load_average: std::fs::read_to_string("/proc/loadavg")

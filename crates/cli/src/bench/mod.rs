@@ -12,6 +12,7 @@ pub mod broker;
 pub mod embedded;
 pub mod inbox;
 pub mod latency;
+pub mod outbox;
 pub mod saga;
 pub mod transport;
 pub mod workload;
@@ -37,6 +38,9 @@ pub enum Which {
     Saga(saga::SagaArgs),
     /// R3: consume rate with the idempotent inbox vs the same handler without it (embedded store).
     Inbox(inbox::InboxArgs),
+    /// R4/R6: outbox relay drain rate vs a batched INSERT, and commit → handler latency
+    /// (`--store sqlite|postgres`).
+    Outbox(outbox::OutboxBenchArgs),
 }
 
 /// `PRAGMA synchronous` for both the baseline and the broker.
@@ -116,5 +120,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Which::Transport(a) => transport::run(a).await,
         Which::Saga(a) => saga::run(a).await,
         Which::Inbox(a) => inbox::run(a).await,
+        Which::Outbox(a) => outbox::run(a).await,
     }
 }
