@@ -2,8 +2,9 @@
 //! figures (positive rates, ratio = rate / baseline_rate, settings); `--store postgres` says
 //! clearly that it is not there yet.
 
-use std::process::Command;
+mod common;
 
+use common::{stderr, stdout, yard};
 use serde_json::Value;
 
 fn num(v: &Value, key: &str) -> f64 {
@@ -15,7 +16,7 @@ fn num(v: &Value, key: &str) -> f64 {
 #[test]
 fn bench_saga_json_is_sane() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_yard"))
+    let out = yard()
         .args([
             "bench",
             "saga",
@@ -34,15 +35,10 @@ fn bench_saga_json_is_sane() {
         .env("YARD_LOG", "error")
         .output()
         .expect("run yard");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}; stderr:\n{stderr}",
-        out.status
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{stdout}");
+    assert!(out.status.success(), "stderr:\n{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{text}");
     let v: Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(v["benchmark"], "saga");
     let (baseline, rate, ratio) = (num(&v, "baseline_rate"), num(&v, "rate"), num(&v, "ratio"));
@@ -66,12 +62,8 @@ fn bench_saga_json_is_sane() {
 
 #[test]
 fn bench_saga_on_postgres_is_not_there_yet() {
-    let out = Command::new(env!("CARGO_BIN_EXE_yard"))
-        .args(["bench", "saga", "--store", "postgres", "--steps", "10"])
-        .env("YARD_LOG", "error")
-        .output()
-        .expect("run yard");
+    let out = common::run(&["bench", "saga", "--store", "postgres", "--steps", "10"]);
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not yet"), "stderr:\n{stderr}");
+    let err = stderr(&out);
+    assert!(err.contains("not yet"), "stderr:\n{err}");
 }

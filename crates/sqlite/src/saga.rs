@@ -15,10 +15,15 @@
 //! - `saga_timeouts` id → (saga, key, name) unique, due time (µs), the envelope to feed, and
 //!   `leased_until` (µs; 0 when not leased).
 //!
+//! Concurrent commits are gathered into one writer command, each in a savepoint of its own
+//! (see [`SqliteSagaStore`]'s `commit`), so that a wave of steps shares one fsync.
+//!
 //! A commit's hot path is three statements plus one per emitted event: the version-checked
 //! `UPDATE` (or `INSERT` for a new instance), the history `INSERT`, the outbox rows. Only when the
 //! update matches no row does the store read the row to tell a conflict from a duplicate.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +34,7 @@ use eventyard_core::saga::{
 };
 use eventyard_core::{Envelope, TransportError};
 use rusqlite::{ErrorCode, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
 
 use crate::broker::SqliteBroker;
 use crate::ops::now_us;
@@ -73,16 +79,43 @@ CREATE TABLE IF NOT EXISTS saga_timeouts (
 CREATE INDEX IF NOT EXISTS saga_timeouts_due ON saga_timeouts (due_at);
 ";
 
-/// The saga store of a data file. Cheap to clone; obtained with [`SqliteSagaStore::open`].
+/// The saga store of a data file. Cheap to clone (clones share one commit batcher); obtained
+/// with [`SqliteSagaStore::open`].
 #[derive(Debug, Clone)]
 pub struct SqliteSagaStore {
     broker: SqliteBroker,
+    batcher: Arc<Batcher>,
+}
+
+/// A commit waiting for the batcher, with where its result goes.
+struct Queued {
+    commit: SagaCommit,
+    reply: oneshot::Sender<Result<u64, SagaError>>,
+}
+
+/// Gathers concurrent commits into one writer command (see [`SqliteSagaStore::commit`]).
+#[derive(Default)]
+struct Batcher {
+    queue: Mutex<Vec<Queued>>,
+    /// A flusher task is running.
+    running: AtomicBool,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("running", &self.running.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl SqliteSagaStore {
     /// The saga store of `broker`'s data file; creates its tables if absent.
     pub async fn open(broker: SqliteBroker) -> Result<Self, SagaError> {
-        let store = SqliteSagaStore { broker };
+        let store = SqliteSagaStore {
+            broker,
+            batcher: Arc::default(),
+        };
         store
             .run(|tx| tx.execute_batch(SCHEMA).map_err(db_error))
             .await?;
@@ -92,6 +125,54 @@ impl SqliteSagaStore {
     /// The broker whose data file holds the sagas.
     pub fn broker(&self) -> &SqliteBroker {
         &self.broker
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+        self.batcher.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The batcher's task: while commits are queued, lets the tasks that are about to commit
+    /// queue theirs (one yield: no timer), then sends them all as one writer command — each in
+    /// a savepoint of its own, so one refused commit (conflict, duplicate) writes nothing and
+    /// the others still commit. One command at a time: commits queued during its fsync go
+    /// together in the next one.
+    async fn flush(self) {
+        loop {
+            tokio::task::yield_now().await;
+            let batch = std::mem::take(&mut *self.queue());
+            if batch.is_empty() {
+                self.batcher.running.store(false, Ordering::Release);
+                // A commit queued after the take saw `running` and spawned no flusher.
+                if self.queue().is_empty() || self.batcher.running.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                continue;
+            }
+            let (commits, replies): (Vec<SagaCommit>, Vec<_>) =
+                batch.into_iter().map(|q| (q.commit, q.reply)).unzip();
+            let results = self
+                .run(move |tx| Ok(commits.iter().map(|c| commit_savepoint(tx, c)).collect()))
+                .await;
+            match results {
+                Ok(results) => {
+                    let results: Vec<Result<u64, SagaError>> = results;
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    let transient = e.is_transient();
+                    let message = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(if transient {
+                            SagaError::Unavailable(message.clone())
+                        } else {
+                            SagaError::Storage(message.clone())
+                        }));
+                    }
+                }
+            }
+        }
     }
 
     async fn run<T, F>(&self, work: F) -> Result<T, SagaError>
@@ -304,6 +385,27 @@ fn commit_tx(tx: &Transaction<'_>, c: &SagaCommit) -> Result<u64, SagaError> {
     Ok(version)
 }
 
+/// [`commit_tx`] in a savepoint of its own: rolled back alone when it fails.
+fn commit_savepoint(tx: &Transaction<'_>, c: &SagaCommit) -> Result<u64, SagaError> {
+    let sql = |s: &str| {
+        tx.prepare_cached(s)
+            .and_then(|mut st| st.execute([]))
+            .map_err(db_error)
+    };
+    sql("SAVEPOINT saga_commit")?;
+    match commit_tx(tx, c) {
+        Ok(v) => {
+            sql("RELEASE saga_commit")?;
+            Ok(v)
+        }
+        Err(e) => {
+            sql("ROLLBACK TO saga_commit")?;
+            sql("RELEASE saga_commit")?;
+            Err(e)
+        }
+    }
+}
+
 /// The commit's timeout changes: the fired one, cancellations, completion, new schedules.
 fn timeouts_tx(tx: &Transaction<'_>, c: &SagaCommit) -> Result<(), SagaError> {
     let i = &c.instance;
@@ -434,8 +536,18 @@ impl SagaStore for SqliteSagaStore {
         raw.map(with_data).transpose()
     }
 
+    /// Concurrent commits are gathered into one writer command (one savepoint each, see
+    /// `flush`): the writer's group commit alone would often take the first commit of a wave
+    /// by itself and make the rest wait for a second fsync.
     async fn commit(&self, commit: SagaCommit) -> Result<u64, SagaError> {
-        self.run(move |tx| commit_tx(tx, &commit)).await
+        let (reply, result) = oneshot::channel();
+        self.queue().push(Queued { commit, reply });
+        if !self.batcher.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().flush());
+        }
+        result
+            .await
+            .map_err(|_| SagaError::Unavailable("the saga commit batcher stopped".into()))?
     }
 
     async fn is_processed(&self, saga: &str, key: &str, event_id: &str) -> Result<bool, SagaError> {
