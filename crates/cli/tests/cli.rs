@@ -30,11 +30,21 @@ fn demo_runs_and_prints_the_causal_chain() {
     assert!(out.contains("replayed 1 of 1 dead letter(s)"), "{out}");
     assert!(out.contains("replayed after the fix"), "{out}");
     // Producers wrote their state and events through the outbox; the relay published them all.
-    assert!(out.contains("tx: wfi-"), "{out}");
+    assert!(out.contains("tx: apr-"), "{out}");
     assert!(
-        out.contains("44 events committed with their state changes (one transaction each) / 44 relayed to sqlite / backlog 0 (0 parked)"),
+        out.contains("62 events committed with their state changes (one transaction each; 18 by the WorkflowInstance saga) / 62 relayed to sqlite / backlog 0 (0 parked)"),
         "{out}"
     );
+    // The Control Plane's workflows are saga instances: one completes, one step times out, one
+    // approval is auto-rejected (tests/demo_saga.rs reads them back with `yard saga`).
+    for end in [
+        "booking-saas      corr-",
+        "= Completed (v8)",
+        "= TimedOut (v5)",
+        "= Rejected (v8)",
+    ] {
+        assert!(out.contains(end), "{end}\n{out}");
+    }
     assert!(data.exists(), "--data keeps the file");
     let o = run(&[
         "outbox",
@@ -46,7 +56,7 @@ fn demo_runs_and_prints_the_causal_chain() {
     assert!(o.status.success(), "{}", stderr(&o));
     let status: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(status["pending"], 0, "{status}");
-    assert_eq!(status["dispatched"], 44, "{status}");
+    assert_eq!(status["dispatched"], 62, "{status}");
     // The kept file is usable afterwards: the lineage subscription is there, and empty.
     let o = run(&[
         "tail",

@@ -43,40 +43,56 @@ fn demo_on(url: &str) -> String {
     // Everything was produced through the outbox of the data file and relayed.
     assert!(
         out.contains(
-            "44 events committed with their state changes (one transaction each) / 44 relayed"
+            "62 events committed with their state changes (one transaction each; 18 by the WorkflowInstance saga) / 62 relayed"
         ),
         "{out}"
     );
     assert!(out.contains("backlog 0 (0 parked)"), "{out}");
-    assert!(out.contains("demo_workflows"), "{out}");
-    // The data file holds the state and the outbox, with nothing left pending.
+    assert!(out.contains("demo_approvals"), "{out}");
+    // The WorkflowInstance saga on this transport: the three paths, their timeouts fired.
+    for end in ["= Completed (v8)", "= TimedOut (v5)", "= Rejected (v8)"] {
+        assert!(out.contains(end), "{end}\n{out}");
+    }
+    assert!(!out.contains("UNEXPECTED"), "{out}");
+    // The data file holds the state, the sagas and the outbox, with nothing left pending.
     let b = broker(&data);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (pending, rows) = rt.block_on(async {
+    let (pending, instances) = rt.block_on(async {
         use eventyard::outbox::OutboxStore;
         let status = b.outbox().status().await.unwrap();
-        let rows: i64 = b
+        let instances: Vec<(String, String, i64)> = b
             .transaction(|tx| {
-                tx.query_row(
-                    "SELECT count(*) FROM demo_workflows WHERE state = 'approver'",
-                    [],
-                    |r| r.get(0),
-                )
+                let mut s = tx.prepare(
+                    "SELECT tenant, state, version FROM saga_instances
+                     WHERE saga = 'WorkflowInstance' AND completed = 1
+                     ORDER BY tenant, state",
+                )?;
+                let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<Vec<_>, _>>()
             })
             .await
             .unwrap()
             .unwrap();
-        (status.pending, rows)
+        (status.pending, instances)
     });
     assert_eq!(pending, 0);
-    assert_eq!(rows, 2, "one workflow row per tenant");
+    let expected: Vec<(String, String, i64)> = [
+        ("acme-robotics", "Completed", 8),
+        ("connectsoft", "Completed", 8),
+        ("connectsoft", "Rejected", 8),
+        ("connectsoft", "TimedOut", 5),
+    ]
+    .iter()
+    .map(|(t, s, v)| ((*t).to_owned(), (*s).to_owned(), *v))
+    .collect();
+    assert_eq!(instances, expected);
     check_propagation(&b, &rt);
     out
 }
 
-/// The outbox keeps the relayed records (the demo runs no cleaner): per tenant, one root
-/// (ProjectCreated), one trace and one correlation, and every other event caused by an event of
-/// the same run — propagation held through the outbox.
+/// The outbox keeps the relayed records (the demo runs no cleaner): per workflow (trace), one
+/// root (ProjectCreated) and one correlation, every other event caused by an event of the same
+/// run — propagation held through the outbox, also for the saga's events and fired timeouts.
 fn check_propagation(b: &eventyard::sqlite::SqliteBroker, rt: &tokio::runtime::Runtime) {
     let bodies: Vec<Vec<u8>> = rt
         .block_on(b.transaction(|tx| {
@@ -86,28 +102,50 @@ fn check_propagation(b: &eventyard::sqlite::SqliteBroker, rt: &tokio::runtime::R
         }))
         .unwrap()
         .unwrap();
-    assert_eq!(bodies.len(), 44, "42 events, the duplicate promotion twice");
+    assert_eq!(
+        bodies.len(),
+        62,
+        "2 × 21 + 5 + 13 events, the duplicate promotion twice"
+    );
     let envs: Vec<eventyard::Envelope> = bodies
         .iter()
         .map(|b| eventyard::Envelope::from_json(b).unwrap())
         .collect();
     let ids: std::collections::HashSet<_> = envs.iter().map(|e| e.event_id.clone()).collect();
-    for tenant in ["connectsoft", "acme-robotics"] {
+    for (tenant, workflows) in [
+        ("connectsoft", vec![22, 5, 13]),
+        ("acme-robotics", vec![22]),
+    ] {
         let mine: Vec<_> = envs
             .iter()
             .filter(|e| e.tenant_id.as_str() == tenant)
             .collect();
-        assert_eq!(mine.len(), 22, "{tenant}");
         let roots: Vec<_> = mine.iter().filter(|e| e.causation_id.is_none()).collect();
-        assert_eq!(roots.len(), 1, "{tenant}: one root");
-        assert_eq!(roots[0].event_type.as_str(), "ProjectCreated");
-        for e in &mine {
-            assert_eq!(e.trace_id, roots[0].trace_id, "{tenant}: {}", e.event_type);
-            assert_eq!(e.correlation_id, roots[0].correlation_id);
-            if let Some(c) = &e.causation_id {
-                assert!(ids.contains(c), "{}: cause {c} not produced", e.event_type);
+        assert_eq!(
+            roots.len(),
+            workflows.len(),
+            "{tenant}: one root per workflow"
+        );
+        let mut sizes = Vec::new();
+        for root in roots {
+            assert_eq!(root.event_type.as_str(), "ProjectCreated");
+            let trace: Vec<_> = mine
+                .iter()
+                .filter(|e| e.trace_id == root.trace_id)
+                .collect();
+            for e in &trace {
+                assert_eq!(e.correlation_id, root.correlation_id, "{}", e.event_type);
+                if let Some(c) = &e.causation_id {
+                    assert!(ids.contains(c), "{}: cause {c} not produced", e.event_type);
+                }
             }
+            sizes.push(trace.len());
         }
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let mut want = workflows.clone();
+        want.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(sizes, want, "{tenant}: events per workflow");
+        assert_eq!(mine.len(), want.iter().sum::<usize>(), "{tenant}");
     }
 }
 
@@ -133,7 +171,7 @@ fn demo_on_rabbitmq() {
         "{out}"
     );
     assert!(
-        out.contains("deleted 80 subscriptions and 23 exchanges"),
+        out.contains("deleted 96 subscriptions and 26 exchanges"),
         "{out}"
     );
 }
@@ -149,7 +187,7 @@ fn demo_on_nats() {
             || out.contains("(2 duplicates answered by the inbox)"),
         "{out}"
     );
-    assert!(out.contains("streams (with their 80 consumers)"), "{out}");
+    assert!(out.contains("streams (with their 96 consumers)"), "{out}");
 }
 
 #[test]
@@ -162,7 +200,7 @@ fn demo_on_another_sqlite_file_uses_the_transport_neutral_path() {
         "{out}"
     );
     assert!(
-        out.contains("cleanup:                deleted 80 subscriptions"),
+        out.contains("cleanup:                deleted 96 subscriptions"),
         "{out}"
     );
 }

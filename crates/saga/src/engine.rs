@@ -550,6 +550,7 @@ impl<S: SagaData> SagaEngine<S> {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut step = Step::new(env, key, state, &topics);
+        step.fired = fired.is_some();
         for action in &transition.actions {
             action(decoded, &mut data, &mut step).map_err(|error| SagaEngineError::Action {
                 saga: def.name.clone(),

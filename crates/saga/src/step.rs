@@ -56,6 +56,8 @@ pub struct Step<'a> {
     pub(crate) emitted: Vec<(String, Envelope)>,
     pub(crate) schedule: Vec<Scheduled>,
     pub(crate) cancel: Vec<String>,
+    /// True when the handled event is a fired timeout.
+    pub(crate) fired: bool,
 }
 
 impl<'a> Step<'a> {
@@ -75,6 +77,7 @@ impl<'a> Step<'a> {
             emitted: Vec::new(),
             schedule: Vec::new(),
             cancel: Vec::new(),
+            fired: false,
         }
     }
 
@@ -114,6 +117,26 @@ impl<'a> Step<'a> {
     /// Publishes `event` (through the outbox, with the transition's commit).
     pub fn publish<E: Event>(&mut self, event: &E) -> Result<(), HandlerError> {
         let env = self.child(event)?;
+        let topic = self.topics.topic_of::<E>(&env)?;
+        self.emitted.push((topic, env));
+        Ok(())
+    }
+
+    /// Publishes the fired timeout this step handles *as it is* (same eventId; occurredAt = when
+    /// it fired), instead of a new event caused by it: the timeout then is the announced fact
+    /// (e.g. `WorkflowStepTimedOut`), caused by the event whose transition scheduled it, so the
+    /// causal chain has no unpublished link. Through the outbox, like [`publish`](Self::publish).
+    /// Fails unless the handled event is a fired timeout of type `E`.
+    pub fn publish_fired<E: Event>(&mut self) -> Result<(), HandlerError> {
+        if !self.fired || self.handled.event_type.as_str() != E::EVENT_TYPE {
+            return Err(HandlerError::permanent(format!(
+                "saga: publish_fired::<{}> while handling {}, not a fired {0} timeout",
+                E::EVENT_TYPE,
+                self.handled.event_type
+            )));
+        }
+        let mut env = self.handled.clone();
+        env.occurred_at = self.now;
         let topic = self.topics.topic_of::<E>(&env)?;
         self.emitted.push((topic, env));
         Ok(())

@@ -43,6 +43,15 @@ events! {
     ApprovalRequested @ "control-plane" { approval_id: String, gate: String }
     /// Control Plane: an approval was granted.
     ApprovalGranted @ "control-plane" { approval_id: String, approver: String }
+    /// Control Plane: a workflow step was not completed in time (the WorkflowInstance saga's
+    /// step timeout, published as fired).
+    WorkflowStepTimedOut @ "control-plane" {
+        workflow_instance_id: String, step_id: String, task_id: String, agent_id: String, timeout_ms: u64
+    }
+    /// Control Plane: an approval gate got no decision in time (the saga's auto-reject timeout).
+    ApprovalTimedOut @ "control-plane" { approval_id: String, gate: String, timeout_ms: u64 }
+    /// Control Plane: an approval was rejected (by an approver, or by the gate on timeout).
+    ApprovalRejected @ "control-plane" { approval_id: String, reason: String, rejected_by: String }
     /// DevOps: a commit was created.
     CommitCreated @ "devops" { repository: String, commit_sha: String }
     /// DevOps: a pull request was opened.
@@ -87,6 +96,23 @@ pub const ALL_TYPES: &[&str] = &[
     "AlertTriggered",
     "MemoryRecordCreated",
 ];
+
+/// The events of the workflow paths that do not complete (a step timing out, an approval
+/// rejected), beyond [`ALL_TYPES`].
+pub const WORKFLOW_FAULT_TYPES: &[&str] = &[
+    "WorkflowStepTimedOut",
+    "ApprovalTimedOut",
+    "ApprovalRejected",
+];
+
+/// Every topic of a run: [`ALL_TYPES`] and [`WORKFLOW_FAULT_TYPES`].
+pub fn topics() -> Vec<&'static str> {
+    ALL_TYPES
+        .iter()
+        .chain(WORKFLOW_FAULT_TYPES)
+        .copied()
+        .collect()
+}
 
 /// Events that end the scenario's branches: the run is complete when both were seen.
 pub const TERMINAL: &[&str] = &[

@@ -8,6 +8,11 @@
 //! `observability.lineage` subscription per tenant on every topic records what it sees, which
 //! gives the causal chain printed at the end and the tenant-isolation check.
 //!
+//! The Control Plane's workflows are instances of the `WorkflowInstance` saga (`workflow`),
+//! stored in the data file: besides the reference scenario's (Created → … → AwaitingApproval →
+//! Completed), the observed tenant runs one workflow whose step times out and one whose approval
+//! is auto-rejected; `yard saga list/show --data PATH` inspects them afterwards.
+//!
 //! Producers never publish directly: each writes its state change and its events in one
 //! transaction of the SQLite data file, behind the inbox (`store`), and a relay started by the
 //! demo publishes the outbox to the transport — whichever it is, the data file holds the state,
@@ -18,6 +23,7 @@ mod dead_letters;
 mod events;
 mod platforms;
 mod store;
+mod workflow;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -29,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use eventyard::lineage::CausalGraph;
 use eventyard::outbox::{OutboxStatus, OutboxStore};
+use eventyard::saga::SagaInstance;
 use eventyard::sqlite::{SqliteBroker, SqliteConfig};
 use eventyard::{
     Bus, ConsumerCounts, Envelope, HandlerError, MessageContext, ModuleId, ProjectId, Relay,
@@ -38,6 +45,7 @@ use tokio::sync::Notify;
 
 use backend::{Backend, Kind};
 use store::Shared;
+use workflow::{PLANNED, Planned, Workflows};
 
 pub use events::*;
 
@@ -140,23 +148,24 @@ impl Recorder {
             .collect()
     }
 
-    fn complete(&self, trace: &TraceId) -> bool {
-        let types: HashSet<String> = self
+    /// True once the lineage saw every type of `types` in `trace`.
+    fn complete(&self, trace: &TraceId, types: &[&str]) -> bool {
+        let seen: HashSet<String> = self
             .of_trace(trace)
             .iter()
             .map(|e| e.event_type.to_string())
             .collect();
-        ALL_TYPES.iter().all(|t| types.contains(*t))
+        types.iter().all(|t| seen.contains(*t))
     }
 }
 
 /// One lineage subscription per topic for `tenant`: records everything it receives.
 async fn lineage(bus: &Bus, rec: &Arc<Recorder>, tenant: &TenantId) -> anyhow::Result<()> {
-    let subs = ALL_TYPES.iter().map(|topic| {
+    let subs = topics().into_iter().map(|topic| {
         let rec = rec.clone();
         let mine = tenant.clone();
         bus.subscription(format!("observability.lineage.{tenant}"))
-            .topic(*topic)
+            .topic(topic)
             .tenant(tenant.clone())
             .cross_platform()
             .handle_envelopes(move |env: Envelope, _ctx: MessageContext| {
@@ -185,12 +194,24 @@ struct Run {
     bus: Bus,
     rec: Arc<Recorder>,
     shared: Arc<Shared>,
+    /// The Control Plane's WorkflowInstance saga.
+    workflows: Workflows,
     timeout: Duration,
+}
+
+/// One workflow the run started.
+struct Started {
+    tenant: TenantId,
+    plan: &'static Planned,
+    key: String,
+    trace: TraceId,
 }
 
 /// What the scenario produced, for the summary.
 struct Outcome {
     traces: BTreeMap<TenantId, TraceId>,
+    /// Every workflow with its saga instance at the end.
+    workflows: Vec<(Started, Option<SagaInstance>)>,
     elapsed: Duration,
     poison_reason: String,
     counts: Vec<(String, String, ConsumerCounts)>,
@@ -230,14 +251,19 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let shared = Shared::new(store.clone());
     shared.create_tables().await?;
+    let bus = Bus::new(backend.transport.clone());
+    let rec = Arc::new(Recorder::new(a.quiet));
+    // The saga's instances, history and timeouts live in the data file too (same handle).
+    let workflows = Workflows::start(&store, &bus, &rec).await?;
     let run = Run {
         tenant,
         other,
-        bus: Bus::new(backend.transport.clone()),
+        bus,
         broker: store.clone(),
         backend,
-        rec: Arc::new(Recorder::new(a.quiet)),
+        rec,
         shared,
+        workflows,
         timeout: a.timeout,
     };
     // The relay publishes what the platforms commit to the outbox, to the run's transport.
@@ -262,13 +288,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|(topic, sub, _)| (topic, sub))
         .collect();
+    run.workflows.stop().await;
     let relayed = relay.counts();
     relay.shutdown().await;
     let shut = run.bus.shutdown().await;
     let cleaning = Instant::now();
     let cleanup = format!(
         "{} ({:.0} ms)",
-        run.backend.cleanup(&subscriptions, ALL_TYPES).await,
+        run.backend.cleanup(&subscriptions, &topics()).await,
         cleaning.elapsed().as_secs_f64() * 1e3
     );
     if run.backend.kind != Kind::Embedded {
@@ -283,15 +310,25 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     summary(&run, &outcome, relayed.dispatched, &cleanup);
     if let Some(p) = &a.data {
         let p = p.display();
+        let key = outcome
+            .workflows
+            .iter()
+            .find(|(w, _)| w.plan.expected_state == "TimedOut")
+            .map_or("<correlationId>", |(w, _)| w.key.as_str());
         if run.backend.kind == Kind::Embedded {
             println!(
                 "\ndata kept at {p} — try: yard tail --data {p} --topic ProjectCreated; yard outbox status --data {p}"
             );
         } else {
             println!(
-                "\ndata kept at {p} (state, inbox, outbox) — try: yard outbox status --data {p}"
+                "\ndata kept at {p} (state, sagas, inbox, outbox) — try: yard outbox status --data {p}"
             );
         }
+        println!("workflow instances: yard saga list --data {p}; yard saga show {key} --data {p}");
+    } else {
+        println!(
+            "\n(run with --data PATH to keep the data file, then: yard saga list --data PATH; yard saga show <correlationId> --data PATH)"
+        );
     }
     let violations = run.rec.violations.lock().map(|v| v.len()).unwrap_or(1);
     if violations > 0 {
@@ -308,6 +345,7 @@ async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
     let mut subs: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> = Vec::new();
     for t in [&run.tenant, &run.other] {
         subs.push(Box::pin(platforms::wire(bus, rec, &run.shared, t)));
+        subs.push(Box::pin(run.workflows.wire(bus, t)));
         subs.push(Box::pin(lineage(bus, rec, t)));
     }
     futures::future::try_join_all(subs).await?;
@@ -317,25 +355,40 @@ async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
         wiring.elapsed().as_secs_f64() * 1e3
     ));
     let started = Instant::now();
-    let project = ProjectId::parse("proj-booking-saas")?;
-    let module = ModuleId::parse("module-reservations-api")?;
     let mut traces = BTreeMap::new();
-    for t in [&run.tenant, &run.other] {
+    let mut workflows: Vec<Started> = Vec::new();
+    // The reference scenario for both tenants, then the observed tenant's two other workflows.
+    let roots = [(&run.tenant, &PLANNED[0]), (&run.other, &PLANNED[0])]
+        .into_iter()
+        .chain(PLANNED[1..].iter().map(|p| (&run.tenant, p)));
+    for (t, plan) in roots {
         let root = Envelope::for_event(
             &ProjectCreated {
-                project_name: "booking-saas".into(),
-                blueprint: "saas-booking-blueprint".into(),
+                project_name: plan.project_name.into(),
+                blueprint: plan.blueprint.into(),
             },
             t.clone(),
         )?
-        .with_project(project.clone())
-        .with_module(module.clone());
-        traces.insert(t.clone(), root.trace_id.clone());
+        .with_project(ProjectId::parse(plan.project_id)?)
+        .with_module(ModuleId::parse(plan.module_id)?);
+        let key = root.correlation_id.to_string();
+        run.workflows.label(&key, plan.label);
+        if std::ptr::eq(plan, &PLANNED[0]) {
+            traces.insert(t.clone(), root.trace_id.clone());
+        }
+        workflows.push(Started {
+            tenant: t.clone(),
+            plan,
+            key: key.clone(),
+            trace: root.trace_id.clone(),
+        });
         let c = run.shared.commit_root(bus, &root).await?;
         rec.progress(format!(
-            "[{:<11}] {:<13} commits ProjectCreated (root, trace {}; tx: {}={} + 1 event to the outbox)",
+            "[{:<11}] {:<13} commits ProjectCreated {} (root, blueprint {}, {key}, trace {}; tx: {}={} + 1 event to the outbox)",
             t.as_str(),
             "api",
+            plan.project_id,
+            plan.blueprint,
             root.trace_id,
             c.aggregate,
             c.state
@@ -363,7 +416,10 @@ async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
 
     loop {
         let notified = rec.changed.notified();
-        if traces.values().all(|tr| rec.complete(tr)) {
+        if workflows
+            .iter()
+            .all(|w| rec.complete(&w.trace, &w.plan.expected_types()))
+        {
             break;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -372,6 +428,19 @@ async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
                 run.timeout
             );
         }
+    }
+    // Every workflow instance reached a final state (the saga may still be taking the last
+    // event of a trace whose other events were all seen).
+    let mut instances = Vec::with_capacity(workflows.len());
+    for w in workflows {
+        let instance = loop {
+            let i = run.workflows.load(&w.key).await?;
+            if i.as_ref().is_some_and(|i| i.completed) || tokio::time::Instant::now() >= deadline {
+                break i;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        instances.push((w, instance));
     }
     let elapsed = started.elapsed();
     // The duplicate promotions: wait (briefly) until the inbox answered both, unless the broker
@@ -385,7 +454,7 @@ async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
     let outbox = run.broker.outbox();
     loop {
         let status = outbox.status().await?;
-        let committed = run.shared.committed.load(Ordering::Relaxed);
+        let committed = run.shared.committed.load(Ordering::Relaxed) + run.workflows.committed();
         if status.pending == 0 && relay.counts().dispatched >= committed {
             break;
         }
@@ -398,6 +467,7 @@ async fn scenario(run: &Run, relay: &RelayHandle) -> anyhow::Result<Outcome> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(Outcome {
         traces,
+        workflows: instances,
         elapsed,
         poison_reason: found.reason,
         counts: bus.consumer_counts(),
@@ -413,6 +483,23 @@ fn summary(run: &Run, o: &Outcome, relayed: u64, cleanup: &str) {
     let graph = CausalGraph::from_envelopes(rec.of_trace(main_trace));
     println!("\ncausal chain of {tenant}'s run (trace {main_trace}):");
     println!("{}", graph.render_tree(&Default::default()));
+
+    // The workflows that did not complete: their chains end at the fired timeout.
+    for (w, i) in o
+        .workflows
+        .iter()
+        .filter(|(w, _)| !std::ptr::eq(w.plan, &PLANNED[0]))
+    {
+        let g = CausalGraph::from_envelopes(rec.of_trace(&w.trace));
+        println!(
+            "causal chain of {}'s {} workflow ({}, trace {}):",
+            w.tenant,
+            w.plan.label,
+            i.as_ref().map_or("no instance", |i| i.state.as_str()),
+            w.trace
+        );
+        println!("{}", g.render_tree(&Default::default()));
+    }
 
     let violations = rec.violations.lock().map(|v| v.len()).unwrap_or(usize::MAX);
     let other_graph = CausalGraph::from_envelopes(rec.of_trace(&o.traces[other]));
@@ -444,14 +531,43 @@ fn summary(run: &Run, o: &Outcome, relayed: u64, cleanup: &str) {
         o.poison_reason
     );
     let status = &o.outbox;
+    let by_saga = run.workflows.committed();
     println!(
-        "  outbox:                 {} events committed with their state changes (one transaction each) / {} relayed to {} / backlog {} ({} parked)",
-        run.shared.committed.load(Ordering::Relaxed),
+        "  outbox:                 {} events committed with their state changes (one transaction each; {by_saga} by the WorkflowInstance saga) / {} relayed to {} / backlog {} ({} parked)",
+        run.shared.committed.load(Ordering::Relaxed) + by_saga,
         relayed,
         run.backend.transport.capabilities().name,
         status.pending,
         status.parked
     );
+    println!(
+        "  workflow instances (saga {}, in the data file; correlationId = state, version):",
+        workflow::SAGA
+    );
+    for (w, i) in &o.workflows {
+        let (state, version, outcome) = i.as_ref().map_or(("(none)".into(), 0, None), |i| {
+            (
+                i.state.clone(),
+                i.version,
+                i.data
+                    .get("outcome")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+            )
+        });
+        let ok = if state == w.plan.expected_state {
+            ""
+        } else {
+            "  ✗ UNEXPECTED"
+        };
+        println!(
+            "    {:<15} {:<17} {} = {state} (v{version}){}{ok}",
+            format!("[{}]", w.tenant),
+            w.plan.label,
+            w.key,
+            outcome.map_or(String::new(), |o| format!(" — {o}")),
+        );
+    }
     println!("  platform state of {tenant} (table: aggregate = state, version):");
     for (table, agg, state, v) in &o.rows {
         println!("    {table:<26} {agg} = {state} (v{v})");
@@ -462,19 +578,20 @@ fn summary(run: &Run, o: &Outcome, relayed: u64, cleanup: &str) {
     );
     println!("  cleanup:                {cleanup}");
     println!("  per subscription (acked / retried / dead-lettered):");
-    let mut per: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    // Per subscription name: its topics and the sums of its consumers' counters.
+    let mut per: BTreeMap<&str, (Vec<&str>, u64, u64, u64)> = BTreeMap::new();
     for (topic, sub, c) in &o.counts {
-        let key = if sub.starts_with("observability.lineage.") {
-            format!("{sub} (×{} topics)", ALL_TYPES.len())
-        } else {
-            format!("{sub} ← {topic}")
-        };
-        let e = per.entry(key).or_default();
-        e.0 += c.acked;
-        e.1 += c.retried;
-        e.2 += c.dead_lettered;
+        let e = per.entry(sub.as_str()).or_default();
+        e.0.push(topic);
+        e.1 += c.acked;
+        e.2 += c.retried;
+        e.3 += c.dead_lettered;
     }
-    for (k, (a, r, d)) in per {
+    for (sub, (topics, a, r, d)) in per {
+        let k = match topics.as_slice() {
+            [one] => format!("{sub} ← {one}"),
+            many => format!("{sub} (×{} topics)", many.len()),
+        };
         println!("    {k:<72} {a:>3} / {r} / {d}");
     }
 }

@@ -10,11 +10,26 @@ use eventyard::{Bus, Envelope, Event, HandlerError, MessageContext, RetryPolicy,
 
 use super::Recorder;
 use super::events::*;
-use super::store::{Shared, aggregate_id};
+use super::store::Shared;
 
 fn short(ctx: &MessageContext) -> String {
     let id = ctx.envelope().event_id.as_str();
     id[id.len() - 6..].to_owned()
+}
+
+/// The agents with a worker online (a task for another agent waits: its step times out).
+const AGENTS_ONLINE: &[&str] = &["agent-backend-developer"];
+
+/// The approval gates with an approver on duty (another gate's requests wait: auto-rejected).
+const GATES_STAFFED: &[&str] = &["release"];
+
+/// Why a step produced nothing, for its progress line.
+fn idle(platform: &str, name: &str) -> &'static str {
+    match (platform, name) {
+        ("agent-mesh", "execute-task") => "  (no worker online for this agent: the task waits)",
+        ("control-plane", "approver") => "  (no approver on duty at this gate: the request waits)",
+        _ => "",
+    }
 }
 
 fn emit<E: Event>(tenant: &TenantId, e: E) -> Envelope {
@@ -65,7 +80,7 @@ async fn step<I: Event + Clone>(
                 platform,
                 I::EVENT_TYPE,
                 if names.is_empty() {
-                    "·".to_owned()
+                    format!("·{}", idle(platform, name))
                 } else {
                     names.join(" + ")
                 },
@@ -88,64 +103,8 @@ pub async fn wire(
 ) -> anyhow::Result<()> {
     // Declared concurrently: on a remote broker each declaration is a few round trips.
     let mut subs: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> = Vec::new();
-    // 1. Control Plane: project → workflow → step → agent task.
-    subs.push(Box::pin(step(
-        bus,
-        rec,
-        shared,
-        t,
-        "control-plane",
-        "bootstrap-workflow",
-        false,
-        |_: &ProjectCreated, c| {
-            vec![emit(
-                c.tenant(),
-                WorkflowInstanceStarted {
-                    // The Control Plane's workflow row for this run has the same id.
-                    workflow_instance_id: aggregate_id("control-plane", c.envelope()),
-                    workflow_definition_id: "wfd-project-bootstrap".into(),
-                    workflow_definition_version: "4.1.0".into(),
-                },
-            )]
-        },
-    )));
-    subs.push(Box::pin(step(
-        bus,
-        rec,
-        shared,
-        t,
-        "control-plane",
-        "plan-step",
-        false,
-        |e: &WorkflowInstanceStarted, c| {
-            vec![emit(
-                c.tenant(),
-                WorkflowStepReady {
-                    workflow_instance_id: e.workflow_instance_id.clone(),
-                    step_id: "generate-reservations-api".into(),
-                },
-            )]
-        },
-    )));
-    subs.push(Box::pin(step(
-        bus,
-        rec,
-        shared,
-        t,
-        "control-plane",
-        "assign-agent",
-        false,
-        |e: &WorkflowStepReady, c| {
-            vec![emit(
-                c.tenant(),
-                AgentTaskAssigned {
-                    task_id: format!("task-{}", e.step_id),
-                    agent_id: "agent-backend-developer".into(),
-                    step_id: e.step_id.clone(),
-                },
-            )]
-        },
-    )));
+    // 1. Control Plane: the WorkflowInstance saga (`workflow`) starts on ProjectCreated and
+    //    emits WorkflowInstanceStarted → WorkflowStepReady → AgentTaskAssigned.
     // 2. Agent Mesh: execute → model → completed + artifact.
     subs.push(Box::pin(step(
         bus,
@@ -156,6 +115,9 @@ pub async fn wire(
         "execute-task",
         true,
         |e: &AgentTaskAssigned, c| {
+            if !AGENTS_ONLINE.contains(&e.agent_id.as_str()) {
+                return Vec::new();
+            }
             vec![emit(
                 c.tenant(),
                 AgentExecutionStarted {
@@ -202,14 +164,14 @@ pub async fn wire(
                         outcome: "succeeded".into(),
                     },
                 ),
-                emit(
-                    c.tenant(),
+                emit(c.tenant(), {
+                    let what = e.task_id.trim_start_matches("task-generate-");
                     ArtifactCreated {
-                        artifact_id: "art-reservations-api-src".into(),
+                        artifact_id: format!("art-{what}-src"),
                         kind: "source-code".into(),
-                        path: "src/Reservations.Api".into(),
-                    },
-                ),
+                        path: format!("src/{what}"),
+                    }
+                }),
             ]
         },
     )));
@@ -232,7 +194,7 @@ pub async fn wire(
             )]
         },
     )));
-    // 3. Governance gate: policy → approval requested → granted.
+    // 3. Governance gate: policy → (saga: approval requested) → granted by the approver.
     subs.push(Box::pin(step(
         bus,
         rec,
@@ -258,27 +220,12 @@ pub async fn wire(
         shared,
         t,
         "control-plane",
-        "request-approval",
-        false,
-        |_: &PolicyDecisionRecorded, c| {
-            vec![emit(
-                c.tenant(),
-                ApprovalRequested {
-                    approval_id: "apr-release-1".into(),
-                    gate: "release".into(),
-                },
-            )]
-        },
-    )));
-    subs.push(Box::pin(step(
-        bus,
-        rec,
-        shared,
-        t,
-        "control-plane",
         "approver",
         false,
         |e: &ApprovalRequested, c| {
+            if !GATES_STAFFED.contains(&e.gate.as_str()) {
+                return Vec::new();
+            }
             vec![emit(
                 c.tenant(),
                 ApprovalGranted {

@@ -18,7 +18,8 @@ use eventyard::{Bus, Envelope, HandlerError, MessageContext};
 /// its aggregate ids.
 pub const TABLES: &[(&str, &str, &str)] = &[
     ("api", "demo_projects", "proj"),
-    ("control-plane", "demo_workflows", "wfi"),
+    // The Control Plane's policy and approval steps (its workflows are saga instances).
+    ("control-plane", "demo_approvals", "apr"),
     ("agent-mesh", "demo_agent_tasks", "task"),
     ("knowledge", "demo_knowledge_items", "kn"),
     ("devops", "demo_pipelines", "pipe"),
