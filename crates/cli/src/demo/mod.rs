@@ -53,7 +53,8 @@ pub use events::*;
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Keep the data file at PATH for later inspection (default: a temporary file, removed).
-    /// With --transport it holds the platforms' state, the inbox and the outbox.
+    /// It holds the platforms' state, the workflow sagas (`yard saga list --data PATH`), the
+    /// inbox and the outbox (and, without --transport, the broker).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run on this transport instead of the data file's embedded broker: amqp://… (RabbitMQ),
@@ -239,7 +240,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let backend = backend::open(a.transport.as_deref(), &store).await?;
     println!("transport: {}", backend.describe());
     println!(
-        "data file: {} (WAL, synchronous=FULL; platform state, inbox and outbox{})",
+        "data file: {} (WAL, synchronous=FULL; platform state, workflow sagas, inbox and outbox{})",
         path.display(),
         if backend.kind == Kind::Embedded {
             ", and the broker"
@@ -333,6 +334,26 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let violations = run.rec.violations.lock().map(|v| v.len()).unwrap_or(1);
     if violations > 0 {
         bail!("tenant isolation violated {violations} time(s)");
+    }
+    let off: Vec<String> = outcome
+        .workflows
+        .iter()
+        .filter(|(w, i)| i.as_ref().map(|i| i.state.as_str()) != Some(w.plan.expected_state))
+        .map(|(w, i)| {
+            format!(
+                "{} ({}) is {}, not {}",
+                w.plan.label,
+                w.key,
+                i.as_ref().map_or("absent", |i| i.state.as_str()),
+                w.plan.expected_state
+            )
+        })
+        .collect();
+    if !off.is_empty() {
+        bail!(
+            "workflow instances did not end as expected: {}",
+            off.join("; ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
