@@ -815,6 +815,35 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_event_that_overtakes_its_predecessor_is_faulted_for_redelivery() {
+        let (_dir, b, engine) = open().await;
+        let mut seen = 0;
+        let root = root("saas-booking-blueprint");
+        let assigned = to_awaiting_agent(&engine, &b, &mut seen, &root).await;
+        let early = follow(
+            &assigned,
+            &ApprovalGranted {
+                approval_id: "apr-release-x".into(),
+                approver: "release-manager".into(),
+            },
+        );
+        match engine.handle(&early).await {
+            Err(SagaEngineError::Unexpected { state, retry, .. }) => {
+                assert_eq!(state, "AwaitingAgent");
+                assert!(retry, "Policy::Fault: the subscription redelivers it");
+            }
+            other => panic!("{other:?}"),
+        }
+        let i = engine
+            .store()
+            .load(SAGA, root.correlation_id.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((i.state.as_str(), i.version), ("AwaitingAgent", 4));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn step_timeout_and_approval_auto_reject() {
         let (_dir, b, engine) = open().await;
