@@ -1,7 +1,8 @@
 //! `yard outbox`: the transactional outbox of a data file.
 //!
 //! ```text
-//! yard outbox status  [--data PATH] [--json]       backlog, oldest pending age, relay lag, parked
+//! yard outbox status  [--data PATH | --store postgres --url URL [--schema S]]
+//!                     [--json | --prometheus]      backlog, oldest pending age, relay lag, parked
 //! yard outbox relay   [--data PATH] [--transport URL] [--batch N] [--lease 30s] ...
 //!                                                  publish the outbox until interrupted
 //! yard outbox parked  [--data PATH] [--limit N] [--json]   records refused by the transport
@@ -22,7 +23,10 @@ use anyhow::{Context, bail};
 use eventyard::outbox::{OutboxError, OutboxStatus, OutboxStore, PendingEvent};
 use eventyard::sqlite::outbox::{self, SqliteOutbox};
 use eventyard::sqlite::{SqliteBroker, SqliteConfig};
-use eventyard::{CleanerConfig, Envelope, EventType, Relay, RelayConfig, TenantId, Transport};
+use eventyard::{
+    CleanerConfig, Envelope, EventType, Relay, RelayConfig, RelayMetrics, TenantId, Transport,
+};
+use eventyard_postgres::{PgOutbox, PgOutboxConfig};
 
 /// Arguments of `yard outbox`.
 #[derive(Debug, clap::Args)]
@@ -70,15 +74,37 @@ impl DataFile {
     }
 }
 
+/// Which outbox store `yard outbox status` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded data file (`--data`).
+    Sqlite,
+    /// PostgreSQL (`--url`, `--schema`).
+    Postgres,
+}
+
 /// Arguments of `yard outbox status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// Where the outbox is.
+    /// Where the outbox is (with `--store sqlite`).
     #[command(flatten)]
     pub file: DataFile,
+    /// Outbox store.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+    /// PostgreSQL URL (with `--store postgres`).
+    #[arg(long, env = "EVENTYARD_PG_URL")]
+    pub url: Option<String>,
+    /// PostgreSQL schema holding the outbox (with `--store postgres`).
+    #[arg(long, default_value = eventyard_postgres::DEFAULT_SCHEMA)]
+    pub schema: String,
     /// One JSON object instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// The figures as Prometheus gauges (text exposition format), the same the relay records
+    /// through the `metrics` facade.
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 /// Arguments of `yard outbox relay`.
@@ -204,16 +230,47 @@ pub fn render_status(path: &str, s: &OutboxStatus) -> String {
 }
 
 async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let broker = a.file.open()?;
-    let s = broker.outbox().status().await?;
-    if a.json {
+    let (s, store, place) = match a.store {
+        StoreKind::Sqlite => {
+            let broker = a.file.open()?;
+            let s = broker.outbox().status().await;
+            broker.close().await?;
+            (s?, "sqlite", a.file.data.display().to_string())
+        }
+        StoreKind::Postgres => {
+            let Some(url) = a.url.as_deref() else {
+                bail!("--store postgres needs --url (or EVENTYARD_PG_URL)");
+            };
+            let store = PgOutbox::connect(
+                url,
+                PgOutboxConfig {
+                    migrate: false,
+                    listen: false,
+                    pool_size: 1,
+                    connect_attempts: 1,
+                    application_name: "yard-outbox-status".into(),
+                    ..PgOutboxConfig::with_schema(a.schema.clone())
+                },
+            )
+            .await
+            .context("connecting to the PostgreSQL outbox")?;
+            let s = store.status().await?;
+            (s, "postgres", format!("schema {}", a.schema))
+        }
+    };
+    if a.prometheus {
+        print!("{}", RelayMetrics::prometheus(store, &s));
+    } else if a.json {
         let mut v = serde_json::to_value(&s)?;
-        v["data"] = a.file.data.display().to_string().into();
+        v["store"] = store.into();
+        match a.store {
+            StoreKind::Sqlite => v["data"] = place.into(),
+            StoreKind::Postgres => v["schema"] = a.schema.clone().into(),
+        }
         println!("{v}");
     } else {
-        print!("{}", render_status(&a.file.data.display().to_string(), &s));
+        print!("{}", render_status(&place, &s));
     }
-    broker.close().await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -33,6 +33,19 @@
 //!
 //! Several relays — in one process or several — can run against one outbox: the store's
 //! leases keep them from publishing the same record, and per-key order holds across them.
+//!
+//! # Metrics
+//! Besides its own counters ([`RelayMetrics`]), a relay records through the `metrics` crate
+//! facade (whatever recorder the application installed; nothing without one), labelled
+//! `store` (`sqlite`, `postgres`) and `relay` (the configured name):
+//! - counters `eventyard_outbox_published_total`, `eventyard_outbox_parked_total`,
+//!   `eventyard_outbox_publish_failures_total`, `eventyard_outbox_store_failures_total`;
+//! - gauges from [`OutboxStore::status`], every [`RelayConfig::status_interval`]:
+//!   `eventyard_outbox_backlog` (pending records), `eventyard_outbox_in_flight`,
+//!   `eventyard_outbox_parked`, `eventyard_outbox_oldest_pending_seconds` and
+//!   `eventyard_outbox_relay_lag_seconds` (commit → dispatch of the last dispatched record) —
+//!   the figures `yard outbox status` shows ([`RelayMetrics::prometheus`] renders them in the
+//!   Prometheus text format).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -40,7 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use eventyard_core::outbox::{OutboxError, OutboxRecord, OutboxStore};
+use eventyard_core::outbox::{OutboxError, OutboxRecord, OutboxStatus, OutboxStore};
 use eventyard_core::{OutgoingMessage, Transport, TransportError};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -69,6 +82,10 @@ pub struct RelayConfig {
     pub backoff: Backoff,
     /// Run a cleaner task beside the relay. Default `Some(CleanerConfig::default())`.
     pub cleaner: Option<CleanerConfig>,
+    /// How often [`Relay::spawn`] reads [`OutboxStore::status`] into the backlog gauges (see
+    /// the module doc; one cheap query on SQLite, a count over the outbox on PostgreSQL).
+    /// `None`: no gauges. Default 10 s.
+    pub status_interval: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -86,6 +103,7 @@ impl Default for RelayConfig {
                 jitter: 0.2,
             },
             cleaner: Some(CleanerConfig::default()),
+            status_interval: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -155,7 +173,107 @@ pub struct RelayCounts {
     pub last_lag_us: u64,
 }
 
+/// Handles of the facade metrics one relay records (see the module doc).
+#[derive(Clone)]
+struct Facade {
+    published: metrics::Counter,
+    parked: metrics::Counter,
+    publish_failures: metrics::Counter,
+    store_failures: metrics::Counter,
+}
+
+impl Facade {
+    fn new(store: &'static str, relay: &str) -> Self {
+        let labels = [("store", store.to_owned()), ("relay", relay.to_owned())];
+        Facade {
+            published: metrics::counter!(RelayMetrics::PUBLISHED, &labels),
+            parked: metrics::counter!(RelayMetrics::PARKED_TOTAL, &labels),
+            publish_failures: metrics::counter!(RelayMetrics::PUBLISH_FAILURES, &labels),
+            store_failures: metrics::counter!(RelayMetrics::STORE_FAILURES, &labels),
+        }
+    }
+}
+
 impl RelayMetrics {
+    /// Counter: records published and marked dispatched.
+    pub const PUBLISHED: &'static str = "eventyard_outbox_published_total";
+    /// Counter: records parked (refused by the transport).
+    pub const PARKED_TOTAL: &'static str = "eventyard_outbox_parked_total";
+    /// Counter: failed publish calls.
+    pub const PUBLISH_FAILURES: &'static str = "eventyard_outbox_publish_failures_total";
+    /// Counter: failed store calls.
+    pub const STORE_FAILURES: &'static str = "eventyard_outbox_store_failures_total";
+    /// Gauge: records not yet dispatched (parked excluded).
+    pub const BACKLOG: &'static str = "eventyard_outbox_backlog";
+    /// Gauge: of which leased by a relay.
+    pub const IN_FLIGHT: &'static str = "eventyard_outbox_in_flight";
+    /// Gauge: parked records.
+    pub const PARKED: &'static str = "eventyard_outbox_parked";
+    /// Gauge: age of the oldest pending record, seconds (0 when none).
+    pub const OLDEST_PENDING: &'static str = "eventyard_outbox_oldest_pending_seconds";
+    /// Gauge: commit → dispatch time of the last dispatched record, seconds.
+    pub const RELAY_LAG: &'static str = "eventyard_outbox_relay_lag_seconds";
+
+    /// The gauges of a status, with their help texts, in exposition order.
+    fn gauges(s: &OutboxStatus) -> [(&'static str, &'static str, Option<f64>); 5] {
+        [
+            (
+                Self::BACKLOG,
+                "Outbox records not yet dispatched (parked excluded).",
+                Some(s.pending as f64),
+            ),
+            (
+                Self::IN_FLIGHT,
+                "Outbox records leased by a relay.",
+                Some(s.in_flight as f64),
+            ),
+            (
+                Self::PARKED,
+                "Outbox records parked (refused by the transport).",
+                Some(s.parked as f64),
+            ),
+            (
+                Self::OLDEST_PENDING,
+                "Age of the oldest pending outbox record, seconds.",
+                Some(s.oldest_pending_age_secs.unwrap_or(0.0)),
+            ),
+            (
+                Self::RELAY_LAG,
+                "Commit to dispatch time of the last dispatched outbox record, seconds.",
+                s.last_relay_lag_secs,
+            ),
+        ]
+    }
+
+    /// Sets the backlog gauges (see the module doc) from `status` of the outbox in `store`
+    /// (label `store`), through the `metrics` facade. The relay calls it every
+    /// [`RelayConfig::status_interval`]; applications that read the status themselves can too.
+    pub fn record_status(store: &str, status: &OutboxStatus) {
+        let labels = [("store", store.to_owned())];
+        for (name, _, value) in Self::gauges(status) {
+            if let Some(v) = value {
+                metrics::gauge!(name, &labels).set(v);
+            }
+        }
+    }
+
+    /// The backlog gauges of `status` in the Prometheus text exposition format (`# HELP`,
+    /// `# TYPE … gauge`, one sample each, label `store`), for `yard outbox status
+    /// --prometheus` and scrapers reading files (node_exporter's textfile collector). The lag
+    /// is left out until a record has been dispatched.
+    pub fn prometheus(store: &str, status: &OutboxStatus) -> String {
+        use std::fmt::Write;
+        let store = store.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = String::new();
+        for (name, help, value) in Self::gauges(status) {
+            let Some(v) = value else { continue };
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name}{{store=\"{store}\"}} {v}");
+        }
+        out
+    }
+
     /// Current values.
     pub fn snapshot(&self) -> RelayCounts {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -196,6 +314,7 @@ pub struct Relay {
     config: RelayConfig,
     id: String,
     metrics: Arc<RelayMetrics>,
+    facade: Facade,
     /// Consecutive failed publishes, for the backoff.
     publish_streak: u32,
     /// Consecutive failed claims, for the backoff.
@@ -265,12 +384,14 @@ impl Relay {
         config: RelayConfig,
     ) -> Self {
         let id = instance_id(&config.name);
+        let facade = Facade::new(store.name(), &config.name);
         Relay {
             store,
             transport,
             config,
             id,
             metrics: Arc::new(RelayMetrics::default()),
+            facade,
             publish_streak: 0,
             claim_streak: 0,
             ahead_misses: 0,
@@ -295,17 +416,51 @@ impl Relay {
     ) -> RelayHandle {
         let (stop, stop_rx) = watch::channel(false);
         let cleaner = config.cleaner.clone();
+        let status_interval = config.status_interval;
         let relay = Relay::new(store.clone(), transport, config);
         let (id, metrics) = (relay.id.clone(), relay.metrics.clone());
+        let facade = relay.facade.clone();
         let mut tasks = vec![tokio::spawn(relay.run(stop_rx.clone()))];
+        if let Some(every) = status_interval {
+            tasks.push(tokio::spawn(gauges(store.clone(), every, stop_rx.clone())));
+        }
         if let Some(c) = cleaner {
-            tasks.push(tokio::spawn(clean(store, c, metrics.clone(), stop_rx)));
+            tasks.push(tokio::spawn(clean(
+                store,
+                c,
+                metrics.clone(),
+                facade,
+                stop_rx,
+            )));
         }
         RelayHandle {
             stop,
             tasks,
             id,
             metrics,
+        }
+    }
+
+    fn store_failed(&self) {
+        self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+        self.facade.store_failures.increment(1);
+    }
+
+    fn publish_failed(&self) {
+        self.metrics
+            .publish_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.facade.publish_failures.increment(1);
+    }
+
+    fn record_dispatch(&self, n: usize, created: Option<i64>) {
+        self.metrics
+            .dispatched
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.facade.published.increment(n as u64);
+        if let Some(c) = created {
+            let lag = u64::try_from(Utc::now().timestamp_micros() - c).unwrap_or(0);
+            self.metrics.last_lag_us.store(lag, Ordering::Relaxed);
         }
     }
 
@@ -416,7 +571,7 @@ impl Relay {
                 .claim(&self.id, self.config.batch_size, self.config.lease)
                 .await
                 .inspect_err(|_| {
-                    self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                    self.store_failed();
                 })
         };
         let Some((ids, created)) = to_mark else {
@@ -425,11 +580,11 @@ impl Relay {
         let (marked, claimed) = tokio::join!(self.store.mark_dispatched(&self.id, &ids), claim);
         match marked {
             Ok(()) => {
-                record_dispatch(&self.metrics, ids.len(), created);
+                self.record_dispatch(ids.len(), created);
                 (None, claimed)
             }
             Err(e) => {
-                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                self.store_failed();
                 tracing::warn!(relay = %self.id, error = %e, "marking dispatched failed; retrying");
                 (Some((ids, created)), claimed)
             }
@@ -459,7 +614,7 @@ impl Relay {
             self.store
                 .mark_dispatched(&self.id, &settled.dispatched)
                 .await?;
-            record_dispatch(&self.metrics, n, settled.last_created_us);
+            self.record_dispatch(n, settled.last_created_us);
         }
         Ok(n)
     }
@@ -472,11 +627,11 @@ impl Relay {
         loop {
             match self.store.mark_dispatched(&self.id, &ids).await {
                 Ok(()) => {
-                    record_dispatch(&self.metrics, ids.len(), created);
+                    self.record_dispatch(ids.len(), created);
                     return;
                 }
                 Err(e) => {
-                    self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                    self.store_failed();
                     attempt += 1;
                     let d = self.config.backoff.delay(attempt);
                     if tokio::time::Instant::now() + d >= give_up {
@@ -501,10 +656,11 @@ impl Relay {
             match self.store.park(&self.id, *id, reason).await {
                 Ok(()) => {
                     self.metrics.parked.fetch_add(1, Ordering::Relaxed);
+                    self.facade.parked.increment(1);
                     tracing::warn!(relay = %self.id, record = id, %reason, "outbox record parked");
                 }
                 Err(e) => {
-                    self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                    self.store_failed();
                     tracing::warn!(relay = %self.id, record = id, error = %e, "parking failed; the lease will expire");
                 }
             }
@@ -512,7 +668,7 @@ impl Relay {
         if !s.held.is_empty()
             && let Err(e) = self.store.release(&self.id, &s.held, Duration::ZERO).await
         {
-            self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+            self.store_failed();
             tracing::warn!(relay = %self.id, error = %e, "release failed; the lease will expire");
         }
         if !s.retry.is_empty() {
@@ -521,7 +677,7 @@ impl Relay {
                 .released
                 .fetch_add(s.retry.len() as u64, Ordering::Relaxed);
             if let Err(e) = self.store.release(&self.id, &s.retry, d).await {
-                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                self.store_failed();
                 tracing::warn!(relay = %self.id, error = %e, "release failed; the lease will expire");
             }
         }
@@ -607,16 +763,12 @@ impl Relay {
                 match result {
                     Ok(()) => dispatched(&mut s, &recs),
                     Err(e) if is_refusal(&e) && recs.len() == 1 => {
-                        self.metrics
-                            .publish_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.publish_failed();
                         stopped.insert(recs[0].partition_key.clone());
                         s.parked.push((recs[0].id, e.to_string()));
                     }
                     Err(e) if is_refusal(&e) => {
-                        self.metrics
-                            .publish_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.publish_failed();
                         // Find the culprits: one by one, in order.
                         for r in recs {
                             if aborted {
@@ -655,9 +807,7 @@ impl Relay {
     }
 
     fn transient(&self, topic: &str, e: &TransportError) {
-        self.metrics
-            .publish_failures
-            .fetch_add(1, Ordering::Relaxed);
+        self.publish_failed();
         tracing::warn!(relay = %self.id, %topic, error = %e, "publish failed; releasing the batch with backoff");
     }
 }
@@ -672,11 +822,14 @@ fn dispatched(s: &mut Settled, recs: &[OutboxRecord]) {
     }
 }
 
-fn record_dispatch(metrics: &RelayMetrics, n: usize, created: Option<i64>) {
-    metrics.dispatched.fetch_add(n as u64, Ordering::Relaxed);
-    if let Some(c) = created {
-        let lag = u64::try_from(Utc::now().timestamp_micros() - c).unwrap_or(0);
-        metrics.last_lag_us.store(lag, Ordering::Relaxed);
+/// Every `every`, reads the store's status into the backlog gauges (module doc).
+async fn gauges(store: Arc<dyn OutboxStore>, every: Duration, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        match store.status().await {
+            Ok(s) => RelayMetrics::record_status(store.name(), &s),
+            Err(e) => tracing::debug!(error = %e, "outbox status for the gauges failed"),
+        }
+        pause(every, &mut stop).await;
     }
 }
 
@@ -694,6 +847,7 @@ async fn clean(
     store: Arc<dyn OutboxStore>,
     config: CleanerConfig,
     metrics: Arc<RelayMetrics>,
+    facade: Facade,
     mut stop: watch::Receiver<bool>,
 ) {
     while !*stop.borrow() {
@@ -708,6 +862,7 @@ async fn clean(
                 }
                 Err(e) => {
                     metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                    facade.store_failures.increment(1);
                     tracing::warn!(error = %e, "outbox cleanup failed");
                     break;
                 }
