@@ -144,6 +144,9 @@ pub(crate) async fn run(
         let max = if permit == Permit::Trial {
             1
         } else {
+            // Handlers settled by the same commit free their slots together: let them all run
+            // before counting, so one claim takes them all instead of one claim per freed slot.
+            tokio::task::yield_now().await;
             permits.available_permits() + 1
         };
         let batch = tokio::select! {

@@ -187,9 +187,17 @@ impl Transport for SqliteBroker {
             return Ok(());
         }
         let topic = topic.to_owned();
+        // Encoded here, on the caller's thread, not on the writer thread every command waits on.
+        let props = Some(
+            messages
+                .iter()
+                .map(|m| crate::ops::props_json(&m.message.properties))
+                .collect(),
+        );
         writer::call(self.sender()?, |reply| Cmd::Publish {
             topic,
             messages,
+            props,
             reply,
         })
         .await
@@ -308,7 +316,7 @@ impl Receiver for SqliteReceiver {
                         Delivery::new(
                             Message {
                                 body: r.body,
-                                properties: r.props,
+                                properties: crate::ops::parse_props(&r.props),
                             },
                             r.delivery_count,
                             to_time(r.enqueued_at),

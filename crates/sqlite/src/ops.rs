@@ -6,7 +6,8 @@ use bytes::Bytes;
 use eventyard_core::properties::names;
 use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
 use eventyard_core::{
-    DeadLetterInfo, OutgoingMessage, Properties, Settlement, SubscriptionSpec, TransportError,
+    DeadLetterInfo, OutgoingMessage, Properties, PropertyValue, Settlement, SubscriptionSpec,
+    TransportError,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
@@ -27,8 +28,9 @@ pub struct ClaimedRow {
     pub enqueued_at: i64,
     /// Body.
     pub body: Bytes,
-    /// Properties.
-    pub props: Properties,
+    /// Properties, as stored (JSON text): decoded by the receiver with [`parse_props`], off the
+    /// writer thread.
+    pub props: String,
 }
 
 /// Result of a claim.
@@ -67,6 +69,9 @@ pub enum Cmd {
         topic: String,
         /// Messages.
         messages: Vec<OutgoingMessage>,
+        /// Each message's properties as stored (JSON text), encoded by the caller so that the
+        /// writer thread does not; `None`: encoded on the writer thread.
+        props: Option<Vec<String>>,
         /// Reply.
         reply: Tx<()>,
     },
@@ -245,8 +250,84 @@ fn dur_us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn props_json(p: &Properties) -> String {
+/// Properties as stored: JSON text.
+pub fn props_json(p: &Properties) -> String {
     serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
+/// Decodes stored properties (JSON text); malformed text gives no properties.
+///
+/// Same result as `serde_json::from_str::<Properties>`, without its cost: `PropertyValue` is an
+/// untagged enum, whose derived decoder buffers every value and builds (formatted) errors for
+/// each variant it rejects. This one maps JSON scalars directly (bool → Bool, integer fitting i64
+/// → Int, other numbers → Float, string → String) and falls back to the derived decoder for
+/// anything else, so the two never disagree.
+pub fn parse_props(s: &str) -> Properties {
+    match serde_json::from_str::<FastProps>(s) {
+        Ok(p) => p.0,
+        Err(_) => serde_json::from_str(s).unwrap_or_default(),
+    }
+}
+
+struct FastProps(Properties);
+
+impl<'de> serde::Deserialize<'de> for FastProps {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = FastProps;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of scalars")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<FastProps, A::Error> {
+                let mut p = Properties::new();
+                while let Some((k, v)) = m.next_entry::<String, Scalar>()? {
+                    p.insert(k, v.0);
+                }
+                Ok(FastProps(p))
+            }
+        }
+        d.deserialize_map(Map)
+    }
+}
+
+struct Scalar(PropertyValue);
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a bool, number or string")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(PropertyValue::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(PropertyValue::Int(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(i64::try_from(v).map_or(
+                    PropertyValue::Float(v as f64),
+                    PropertyValue::Int,
+                )))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(PropertyValue::Float(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(PropertyValue::String(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar(PropertyValue::String(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Which receivers a transaction must wake once committed.
@@ -277,9 +358,21 @@ pub fn apply(
 ) -> Result<Reply, OpError> {
     match cmd {
         Cmd::Publish {
-            topic, messages, ..
+            topic,
+            messages,
+            props,
+            ..
         } => {
-            publish(tx, topology, cfg, now, topic, messages, woke)?;
+            publish(
+                tx,
+                topology,
+                cfg,
+                now,
+                topic,
+                messages,
+                props.as_deref(),
+                woke,
+            )?;
             Ok(Reply::Unit)
         }
         Cmd::Claim { queue, max, .. } => {
@@ -324,6 +417,7 @@ pub fn apply(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn publish(
     tx: &Transaction<'_>,
     topology: &Topology,
@@ -331,6 +425,7 @@ fn publish(
     now: i64,
     topic: &str,
     messages: &[OutgoingMessage],
+    encoded: Option<&[String]>,
     woke: &mut Woken,
 ) -> Result<(), OpError> {
     eventyard_core::transport::check_name("topic", topic)?;
@@ -350,13 +445,17 @@ fn publish(
     let mut insert = tx.prepare_cached(
         "INSERT INTO messages (queue, visible_at, enqueued_at, body, props) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    for m in messages {
+    for (i, m) in messages.iter().enumerate() {
         let visible_at = m.deliver_at.map(|t| t.timestamp_micros()).unwrap_or(now);
-        let mut props: Option<String> = None;
+        let given = encoded.and_then(|e| e.get(i));
+        let mut local: Option<String> = None;
         for s in &subs {
             if s.filter.matches(&m.message.properties) {
-                let p = props.get_or_insert_with(|| props_json(&m.message.properties));
-                insert.execute(params![s.id, visible_at, now, &m.message.body[..], &*p])?;
+                let p: &str = match given {
+                    Some(p) => p,
+                    None => local.get_or_insert_with(|| props_json(&m.message.properties)),
+                };
+                insert.execute(params![s.id, visible_at, now, &m.message.body[..], p])?;
                 if visible_at <= now {
                     woke.queue(s.id);
                 }
@@ -405,7 +504,6 @@ fn claim(
     rows.sort_unstable_by_key(|r| r.0);
     let mut out = Claimed::default();
     for (seq, count, enqueued_at, body, props) in rows {
-        let props: Properties = serde_json::from_str(&props).unwrap_or_default();
         let count = u32::try_from(count).unwrap_or(u32::MAX);
         if queue > 0 && count > sub.max_delivery {
             let info = DeadLetterInfo::new(
@@ -416,7 +514,7 @@ fn claim(
                     sub.max_delivery
                 ),
             );
-            dead_letter(tx, now, queue, seq, props, &sub.name, &info)?;
+            dead_letter(tx, now, queue, seq, parse_props(&props), &sub.name, &info)?;
             continue;
         }
         out.rows.push(ClaimedRow {
@@ -514,8 +612,7 @@ fn settle(
             let Some(props) = props else {
                 return Err(lock_lost());
             };
-            let props: Properties = serde_json::from_str(&props).unwrap_or_default();
-            dead_letter(tx, now, queue, seq, props, &sub.name, info)?;
+            dead_letter(tx, now, queue, seq, parse_props(&props), &sub.name, info)?;
             1
         }
     };
@@ -658,9 +755,7 @@ fn merge_props(tx: &Transaction<'_>, seq: i64, extra: &Properties) -> Result<(),
         .prepare_cached("SELECT props FROM messages WHERE seq = ?1")?
         .query_row(params![seq], |r| r.get(0))
         .optional()?;
-    let mut props: Properties = current
-        .and_then(|p| serde_json::from_str(&p).ok())
-        .unwrap_or_default();
+    let mut props = current.as_deref().map(parse_props).unwrap_or_default();
     for (k, v) in extra.iter() {
         props.insert(k.clone(), v.clone());
     }
