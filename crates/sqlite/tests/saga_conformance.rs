@@ -1,6 +1,6 @@
 //! The embedded saga store passes the shared saga conformance suite, twice: every handle on one
 //! broker (one process), and each handle on a broker of its own over the same file (as separate
-//! processes would be).
+//! processes would be); and with commits gathered by the store (`batch_commits`).
 
 use std::sync::Arc;
 
@@ -13,13 +13,23 @@ struct SqliteSagaFactory {
     dir: tempfile::TempDir,
     app: SqliteBroker,
     separate: bool,
+    batched: bool,
 }
 
 impl SqliteSagaFactory {
     fn new(separate: bool) -> Self {
+        Self::with(separate, false)
+    }
+
+    fn with(separate: bool, batched: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let app = SqliteBroker::open(SqliteConfig::new(dir.path().join("saga.db"))).expect("open");
-        SqliteSagaFactory { dir, app, separate }
+        SqliteSagaFactory {
+            dir,
+            app,
+            separate,
+            batched,
+        }
     }
 
     fn broker(&self) -> SqliteBroker {
@@ -52,4 +62,8 @@ mod one_broker {
 
 mod separate_brokers {
     eventyard_testkit::saga_conformance!(super::SqliteSagaFactory::new(true));
+}
+
+mod batched_commits {
+    eventyard_testkit::saga_conformance!(super::SqliteSagaFactory::with(true, true));
 }

@@ -71,6 +71,10 @@ pub struct SagaArgs {
     /// Directory for the temporary data files (default: the system temp directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Gathers concurrent saga commits into one writer command in the store (off by default;
+    /// for comparison, see `SqliteSagaStore::batch_commits`).
+    #[arg(long)]
+    pub commit_batching: bool,
 }
 
 /// Starts a bench instance.
@@ -144,6 +148,8 @@ pub struct Settings {
     pub body_bytes: usize,
     /// The store.
     pub store: &'static str,
+    /// Concurrent commits gathered into one writer command.
+    pub commit_batching: bool,
 }
 
 /// The report, printed as a table or (with `--json`) as one JSON object.
@@ -289,7 +295,11 @@ async fn baseline_once(a: &SagaArgs, body: Vec<u8>, props: String) -> anyhow::Re
 async fn saga_once(a: &SagaArgs) -> anyhow::Result<(f64, u64)> {
     let tmp = workload::tempdir(a.dir.as_deref())?;
     let broker = SqliteBroker::open(broker_config(&tmp.path().join("saga.db"), a.synchronous))?;
-    let store = Arc::new(SqliteSagaStore::open(broker.clone()).await?);
+    let store = Arc::new(
+        SqliteSagaStore::open(broker.clone())
+            .await?
+            .batch_commits(a.commit_batching),
+    );
     let engine = SagaEngine::new(definition(a.payload_bytes)?, store);
     let tenant = TenantId::parse("bench")?;
     let c = a.concurrency;
@@ -380,6 +390,7 @@ pub async fn run_saga(a: &SagaArgs) -> anyhow::Result<SagaReport> {
             payload_bytes: a.payload_bytes,
             body_bytes: body.len(),
             store: "sqlite",
+            commit_batching: a.commit_batching,
         },
         baseline_runs,
         saga_runs,
