@@ -44,11 +44,10 @@ impl SqliteSagaFactory {
 #[async_trait::async_trait]
 impl SagaFactory for SqliteSagaFactory {
     async fn connect(&self) -> Arc<dyn SagaStore> {
-        Arc::new(
-            SqliteSagaStore::open(self.broker())
-                .await
-                .expect("saga store"),
-        )
+        let store = SqliteSagaStore::open(self.broker())
+            .await
+            .expect("saga store");
+        Arc::new(store.batch_commits(self.batched))
     }
 
     async fn outbox(&self) -> Arc<dyn OutboxStore> {
