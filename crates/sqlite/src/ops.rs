@@ -763,3 +763,28 @@ fn merge_props(tx: &Transaction<'_>, seq: i64, extra: &Properties) -> Result<(),
         .execute(params![props_json(&props), seq])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_props_decoder_agrees_with_the_derived_one() {
+        for text in [
+            r#"{}"#,
+            r#"{"a":true,"b":-3,"c":2.5,"d":"x\"y","e":18446744073709551615,"f":9223372036854775807}"#,
+            r#"{"cs-event-id":"01J","cs-schema-version":1,"cs-h-retry":false,"z":1e3}"#,
+            r#"{"bad":null}"#,
+            r#"{"bad":[1]}"#,
+            r#"not json"#,
+        ] {
+            let slow: Properties = serde_json::from_str(text).unwrap_or_default();
+            assert_eq!(parse_props(text), slow, "{text}");
+        }
+        let mut p = Properties::new();
+        p.insert("s", "v");
+        p.insert("i", 7i64);
+        p.insert("b", true);
+        assert_eq!(parse_props(&props_json(&p)), p);
+    }
+}
