@@ -13,20 +13,36 @@
 //!
 //! Each of `--runs` rounds runs the baseline then the saga, each on a fresh file; medians are
 //! reported.
+//!
+//! With `--store postgres` (`--url`), both sides run on the server, each on a fresh schema
+//! (`yard_bench_saga_<pid>_<n>`, dropped afterwards, also on failure), with
+//! `synchronous_commit=on` (a saga transition is the application's state):
+//!
+//! - **Baseline**: [`bench_raw_steps`] — `--pg-connections` tasks, each on a plain connection of
+//!   its own, one hand-written transaction per step (`SELECT`, versioned `UPDATE`, history
+//!   `INSERT`, outbox `INSERT`: the rows a saga commit writes) over `concurrency` instances.
+//! - **Saga**: [`SagaEngine::handle`] over [`PgSagaStore`] (pool of `--pg-connections`),
+//!   `concurrency` tasks each stepping its own instance, as on SQLite.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use eventyard::saga::SagaStore;
 use eventyard::sqlite::{SqliteBroker, SqliteConfig, SqliteSagaStore};
 use eventyard::{Envelope, Event, Message, TenantId, Transport};
+use eventyard_postgres::saga::{RawStepBench, bench_raw_steps};
+use eventyard_postgres::{PgSagaConfig, PgSagaStore};
 use eventyard_saga::{Handled, SagaDefinition, SagaEngine};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::SyncMode;
+use super::outbox::DEFAULT_PG_URL;
 use super::workload::{self, median};
 
 /// R8 bar: saga step rate / raw transaction rate.
@@ -40,8 +56,17 @@ const SAGA: &str = "bench-saga";
 pub enum StoreKind {
     /// The embedded SQLite store.
     Sqlite,
-    /// PostgreSQL (not yet).
+    /// PostgreSQL (`--url`).
     Postgres,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
 }
 
 /// Arguments of `yard bench saga`.
@@ -50,6 +75,13 @@ pub struct SagaArgs {
     /// The saga store.
     #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
     pub store: StoreKind,
+    /// PostgreSQL URL (with `--store postgres`); benchmark schemas are created and dropped.
+    #[arg(long, env = "EVENTYARD_PG_URL", default_value = DEFAULT_PG_URL)]
+    pub url: String,
+    /// PostgreSQL: connections on each side (raw tasks; saga store pool), at most
+    /// `--concurrency`.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub pg_connections: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -62,7 +94,7 @@ pub struct SagaArgs {
     /// Steps in flight: engine tasks (one instance each), and baseline steps per transaction.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,
-    /// `PRAGMA synchronous` on both sides (journal_mode is always WAL).
+    /// SQLite: `PRAGMA synchronous` on both sides (journal_mode is always WAL).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     pub synchronous: SyncMode,
     /// Size of the emitted event's JSON payload, in bytes.
@@ -71,8 +103,8 @@ pub struct SagaArgs {
     /// Directory for the temporary data files (default: the system temp directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Gathers concurrent saga commits into one writer command in the store (off by default;
-    /// for comparison, see `SqliteSagaStore::batch_commits`).
+    /// SQLite: gathers concurrent saga commits into one writer command in the store (off by
+    /// default; for comparison, see `SqliteSagaStore::batch_commits`).
     #[arg(long)]
     pub commit_batching: bool,
 }
@@ -134,13 +166,20 @@ fn progressed(payload_bytes: usize) -> BenchSagaProgressed {
 /// Everything held fixed, recorded beside the numbers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
-    /// Always `WAL`.
-    pub journal_mode: &'static str,
-    /// `FULL`, `NORMAL` or `OFF`, both sides.
-    pub synchronous: &'static str,
-    /// Engine tasks (= instances) and baseline steps per transaction.
+    /// SQLite: always `WAL` (null on PostgreSQL).
+    pub journal_mode: Option<&'static str>,
+    /// SQLite: `FULL`, `NORMAL` or `OFF`, both sides (null on PostgreSQL).
+    pub synchronous: Option<&'static str>,
+    /// What commits wait for, both sides (`journal_mode=WAL, synchronous=FULL`,
+    /// `synchronous_commit=on`).
+    pub durability: String,
+    /// Engine tasks (= instances); SQLite: baseline steps per transaction; PostgreSQL: baseline
+    /// instances.
     pub concurrency: u64,
-    /// Rows each step writes on both sides: instance update, history, outbox payload and queue.
+    /// PostgreSQL: connections of each side (null on SQLite).
+    pub connections: Option<u64>,
+    /// Rows each step writes on both sides: instance update, history, outbox (SQLite: payload
+    /// and queue rows; PostgreSQL: one row).
     pub rows_per_step: u64,
     /// Emitted event payload, bytes.
     pub payload_bytes: usize,
@@ -300,6 +339,15 @@ async fn saga_once(a: &SagaArgs) -> anyhow::Result<(f64, u64)> {
             .await?
             .batch_commits(a.commit_batching),
     );
+    let result = saga_steps(a, store).await;
+    broker.close().await?;
+    drop(tmp);
+    result
+}
+
+/// The saga side on `store` (fresh): `concurrency` instances started, then `steps` steps by
+/// `concurrency` tasks, one instance each: (rate, conflicts).
+async fn saga_steps(a: &SagaArgs, store: Arc<dyn SagaStore>) -> anyhow::Result<(f64, u64)> {
     let engine = SagaEngine::new(definition(a.payload_bytes)?, store);
     let tenant = TenantId::parse("bench")?;
     let c = a.concurrency;
@@ -335,34 +383,106 @@ async fn saga_once(a: &SagaArgs) -> anyhow::Result<(f64, u64)> {
         t.await??;
     }
     let rate = a.steps as f64 / started.elapsed().as_secs_f64();
-    let conflicts = engine.counts().conflicts;
-    broker.close().await?;
-    drop(tmp);
-    Ok((rate, conflicts))
+    Ok((rate, engine.counts().conflicts))
+}
+
+/// The message of one emitted event (as the engine stores it in the outbox).
+fn progressed_message(payload_bytes: usize) -> anyhow::Result<Message> {
+    let root = Envelope::for_event(&BenchSagaStarted {}, TenantId::parse("bench")?)?;
+    let mut env = Envelope::for_event(&progressed(payload_bytes), TenantId::parse("bench")?)?;
+    env.inherit_from(&root);
+    Ok(Message::from_envelope(&env))
 }
 
 /// The outbox row contents of one emitted event (as the engine stores it).
 fn row_bytes(payload_bytes: usize) -> anyhow::Result<(Vec<u8>, String)> {
-    let root = Envelope::for_event(&BenchSagaStarted {}, TenantId::parse("bench")?)?;
-    let mut env = Envelope::for_event(&progressed(payload_bytes), TenantId::parse("bench")?)?;
-    env.inherit_from(&root);
-    let m = Message::from_envelope(&env);
+    let m = progressed_message(payload_bytes)?;
     Ok((m.body.to_vec(), serde_json::to_string(&m.properties)?))
+}
+
+/// Schemas made by this process so far (names stay unique within a run).
+static PG_SCHEMAS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh schema name: `yard_bench_saga_<pid>_<n>`.
+pub fn pg_schema() -> String {
+    format!(
+        "yard_bench_saga_{}_{}",
+        std::process::id(),
+        PG_SCHEMAS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// PostgreSQL connections of each side: `--pg-connections`, at most one per instance.
+fn pg_connections(a: &SagaArgs) -> u64 {
+    a.pg_connections.min(a.concurrency)
+}
+
+/// A saga store on a fresh schema (`synchronous_commit=on`).
+async fn pg_store(a: &SagaArgs) -> anyhow::Result<PgSagaStore> {
+    let schema = pg_schema();
+    let config = PgSagaConfig {
+        pool_size: usize::try_from(pg_connections(a))?,
+        application_name: schema.clone(),
+        synchronous_commit: true,
+        ..PgSagaConfig::with_schema(schema)
+    };
+    PgSagaStore::connect(&a.url, config)
+        .await
+        .with_context(|| format!("connecting to {}", a.url))
+}
+
+/// Runs `f` on a store on a fresh schema, then drops the schema (whatever `f` returned).
+async fn on_fresh_schema<T, F, Fut>(a: &SagaArgs, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(PgSagaStore) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let store = pg_store(a).await?;
+    let result = f(store.clone()).await;
+    let dropped = store
+        .drop_schema()
+        .await
+        .with_context(|| format!("dropping schema {}", store.schema()));
+    let value = result?;
+    dropped?;
+    Ok(value)
+}
+
+/// One PostgreSQL baseline run on a fresh schema.
+async fn pg_baseline_once(a: &SagaArgs, message: &Message) -> anyhow::Result<f64> {
+    let bench = RawStepBench {
+        saga: SAGA.to_owned(),
+        steps: a.steps,
+        instances: a.concurrency,
+        connections: usize::try_from(pg_connections(a))?,
+        topic: BenchSagaProgressed::EVENT_TYPE.to_owned(),
+        message: message.clone(),
+    };
+    on_fresh_schema(a, |store| async move {
+        Ok(bench_raw_steps(&store, &bench).await?)
+    })
+    .await
+}
+
+/// One PostgreSQL saga run on a fresh schema: (rate, conflicts).
+async fn pg_saga_once(a: &SagaArgs) -> anyhow::Result<(f64, u64)> {
+    on_fresh_schema(a, |store| saga_steps(a, Arc::new(store))).await
 }
 
 /// Runs the benchmark and builds the report.
 pub async fn run_saga(a: &SagaArgs) -> anyhow::Result<SagaReport> {
-    if a.store == StoreKind::Postgres {
-        anyhow::bail!(
-            "yard bench saga --store postgres: not yet (the PostgreSQL saga store is being built); \
-             use --store sqlite"
-        );
-    }
+    let message = progressed_message(a.payload_bytes)?;
     let (body, props) = row_bytes(a.payload_bytes)?;
     let (mut baseline_runs, mut saga_runs, mut conflicts) = (Vec::new(), Vec::new(), 0);
     for _ in 0..a.runs {
-        baseline_runs.push(baseline_once(a, body.clone(), props.clone()).await?);
-        let (rate, c) = saga_once(a).await?;
+        let (baseline, (rate, c)) = match a.store {
+            StoreKind::Sqlite => (
+                baseline_once(a, body.clone(), props.clone()).await?,
+                saga_once(a).await?,
+            ),
+            StoreKind::Postgres => (pg_baseline_once(a, &message).await?, pg_saga_once(a).await?),
+        };
+        baseline_runs.push(baseline);
         saga_runs.push(rate);
         conflicts += c;
     }
@@ -382,15 +502,31 @@ pub async fn run_saga(a: &SagaArgs) -> anyhow::Result<SagaReport> {
         steps: a.steps,
         runs: a.runs,
         conflicts,
-        settings: Settings {
-            journal_mode: "WAL",
-            synchronous: a.synchronous.as_str(),
-            concurrency: a.concurrency,
-            rows_per_step: 4,
-            payload_bytes: a.payload_bytes,
-            body_bytes: body.len(),
-            store: "sqlite",
-            commit_batching: a.commit_batching,
+        settings: match a.store {
+            StoreKind::Sqlite => Settings {
+                journal_mode: Some("WAL"),
+                synchronous: Some(a.synchronous.as_str()),
+                durability: format!("journal_mode=WAL, synchronous={}", a.synchronous.as_str()),
+                concurrency: a.concurrency,
+                connections: None,
+                rows_per_step: 4,
+                payload_bytes: a.payload_bytes,
+                body_bytes: body.len(),
+                store: a.store.name(),
+                commit_batching: a.commit_batching,
+            },
+            StoreKind::Postgres => Settings {
+                journal_mode: None,
+                synchronous: None,
+                durability: "synchronous_commit=on".to_owned(),
+                concurrency: a.concurrency,
+                connections: Some(pg_connections(a)),
+                rows_per_step: 3,
+                payload_bytes: a.payload_bytes,
+                body_bytes: message.body.len(),
+                store: a.store.name(),
+                commit_batching: false,
+            },
         },
         baseline_runs,
         saga_runs,
@@ -400,15 +536,20 @@ pub async fn run_saga(a: &SagaArgs) -> anyhow::Result<SagaReport> {
 /// The human-readable report.
 pub fn table(r: &SagaReport) -> String {
     let s = &r.settings;
+    let connections = s
+        .connections
+        .map(|c| format!(", {c} connections"))
+        .unwrap_or_default();
     format!(
-        "yard bench saga (R8) — store {}, WAL, synchronous={}, {} in flight, {} steps x {} runs\n\
+        "yard bench saga (R8) — store {}, {}, {} in flight{}, {} steps x {} runs\n\
          baseline (raw transaction, same rows)  {:>12.0} steps/s\n\
          saga engine + store                    {:>12.0} steps/s\n\
          ratio                                  {:>12.3}   (target >= {:.2}: {})\n\
          conflicts                              {:>12}\n",
         s.store,
-        s.synchronous,
+        s.durability,
         s.concurrency,
+        connections,
         r.steps,
         r.runs,
         r.baseline_rate,
