@@ -44,7 +44,12 @@ pub mod names {
 }
 
 /// A property value: the scalar types Service Bus filters compare.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// In JSON it is the bare scalar. Decoding takes each JSON scalar as what it is (integers that
+/// fit `i64` are `Int`, other numbers `Float`); anything else is an error. (Hand-written: the
+/// derived untagged decoder buffered every value and built a formatted error for each variant it
+/// rejected, which dominated the decoding of stored properties.)
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum PropertyValue {
     /// A boolean.
@@ -55,6 +60,37 @@ pub enum PropertyValue {
     Float(f64),
     /// A string.
     String(String),
+}
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = PropertyValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean, number or string")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<PropertyValue, E> {
+                Ok(i64::try_from(v).map_or(PropertyValue::Float(v as f64), PropertyValue::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::String(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::String(v))
+            }
+        }
+        d.deserialize_any(Scalar)
+    }
 }
 
 impl fmt::Display for PropertyValue {

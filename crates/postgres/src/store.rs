@@ -8,7 +8,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use eventyard_core::Properties;
 use eventyard_core::outbox::{OutboxError, OutboxRecord, OutboxStatus, OutboxStore, PendingEvent};
-use eventyard_core::properties::PropertyValue;
 use eventyard_core::transport::Message;
 use tokio_postgres::types::Json;
 use tokio_postgres::{Row, Transaction};
@@ -292,74 +291,8 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Properties decoded straight from the `jsonb` text. `PropertyValue` is an untagged enum: its
-/// derived `Deserialize` buffers each value and tries bool, integer and float before string,
-/// building (and formatting) an error for every miss — for string properties, most of the
-/// relay's decoding time. This visitor takes each JSON scalar as what it is, with the same
-/// outcome: integers that fit `i64` are `Int`, other numbers `Float`; anything else is an error.
-struct FastProperties(Properties);
-
-struct FastValue(PropertyValue);
-
-impl<'de> serde::Deserialize<'de> for FastValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = FastValue;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a boolean, number or string")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<FastValue, E> {
-                Ok(FastValue(PropertyValue::Bool(v)))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<FastValue, E> {
-                Ok(FastValue(PropertyValue::Int(v)))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<FastValue, E> {
-                Ok(FastValue(match i64::try_from(v) {
-                    Ok(i) => PropertyValue::Int(i),
-                    Err(_) => PropertyValue::Float(v as f64),
-                }))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<FastValue, E> {
-                Ok(FastValue(PropertyValue::Float(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<FastValue, E> {
-                Ok(FastValue(PropertyValue::String(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<FastValue, E> {
-                Ok(FastValue(PropertyValue::String(v)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for FastProperties {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FastProperties;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object of properties")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<FastProperties, A::Error> {
-                let mut p = Properties::new();
-                while let Some((k, v)) = m.next_entry::<String, FastValue>()? {
-                    p.insert(k, v.0);
-                }
-                Ok(FastProperties(p))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 fn record(row: &Row) -> Result<OutboxRecord, OutboxError> {
-    let props: Json<FastProperties> = row
+    let props: Json<Properties> = row
         .try_get(4)
         .map_err(|e| OutboxError::Store(format!("postgres: bad properties: {e}")))?;
     let body: &[u8] = row.get(3);
@@ -369,7 +302,7 @@ fn record(row: &Row) -> Result<OutboxRecord, OutboxError> {
         partition_key: row.get(2),
         message: Message {
             body: Bytes::copy_from_slice(body),
-            properties: props.0.0,
+            properties: props.0,
         },
         deliver_at: row.get(5),
         created_at: row.get(6),

@@ -6,8 +6,7 @@ use bytes::Bytes;
 use eventyard_core::properties::names;
 use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
 use eventyard_core::{
-    DeadLetterInfo, OutgoingMessage, Properties, PropertyValue, Settlement, SubscriptionSpec,
-    TransportError,
+    DeadLetterInfo, OutgoingMessage, Properties, Settlement, SubscriptionSpec, TransportError,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
@@ -257,77 +256,9 @@ pub fn props_json(p: &Properties) -> String {
 
 /// Decodes stored properties (JSON text); malformed text gives no properties.
 ///
-/// Same result as `serde_json::from_str::<Properties>`, without its cost: `PropertyValue` is an
-/// untagged enum, whose derived decoder buffers every value and builds (formatted) errors for
-/// each variant it rejects. This one maps JSON scalars directly (bool → Bool, integer fitting i64
-/// → Int, other numbers → Float, string → String) and falls back to the derived decoder for
-/// anything else, so the two never disagree.
+/// Stored properties (JSON text); an unreadable value decodes as no properties.
 pub fn parse_props(s: &str) -> Properties {
-    match serde_json::from_str::<FastProps>(s) {
-        Ok(p) => p.0,
-        Err(_) => serde_json::from_str(s).unwrap_or_default(),
-    }
-}
-
-struct FastProps(Properties);
-
-impl<'de> serde::Deserialize<'de> for FastProps {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Map;
-        impl<'de> serde::de::Visitor<'de> for Map {
-            type Value = FastProps;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a map of scalars")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<FastProps, A::Error> {
-                let mut p = Properties::new();
-                while let Some((k, v)) = m.next_entry::<String, Scalar>()? {
-                    p.insert(k, v.0);
-                }
-                Ok(FastProps(p))
-            }
-        }
-        d.deserialize_map(Map)
-    }
-}
-
-struct Scalar(PropertyValue);
-
-impl<'de> serde::Deserialize<'de> for Scalar {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a bool, number or string")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(PropertyValue::Bool(v)))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(PropertyValue::Int(v)))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(i64::try_from(v).map_or(
-                    PropertyValue::Float(v as f64),
-                    PropertyValue::Int,
-                )))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(PropertyValue::Float(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(PropertyValue::String(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
-                Ok(Scalar(PropertyValue::String(v)))
-            }
-        }
-        d.deserialize_any(V)
-    }
+    serde_json::from_str(s).unwrap_or_default()
 }
 
 /// Which receivers a transaction must wake once committed.
@@ -769,17 +700,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fast_props_decoder_agrees_with_the_derived_one() {
-        for text in [
-            r#"{}"#,
+    fn props_decode_each_scalar_as_what_it_is() {
+        use eventyard_core::PropertyValue as V;
+        let p = parse_props(
             r#"{"a":true,"b":-3,"c":2.5,"d":"x\"y","e":18446744073709551615,"f":9223372036854775807}"#,
-            r#"{"cs-event-id":"01J","cs-schema-version":1,"cs-h-retry":false,"z":1e3}"#,
-            r#"{"bad":null}"#,
-            r#"{"bad":[1]}"#,
-            r#"not json"#,
-        ] {
-            let slow: Properties = serde_json::from_str(text).unwrap_or_default();
-            assert_eq!(parse_props(text), slow, "{text}");
+        );
+        assert_eq!(p.get("a"), Some(&V::Bool(true)));
+        assert_eq!(p.get("b"), Some(&V::Int(-3)));
+        assert_eq!(p.get("c"), Some(&V::Float(2.5)));
+        assert_eq!(p.get("d"), Some(&V::String("x\"y".into())));
+        assert_eq!(p.get("e"), Some(&V::Float(18446744073709551615.0)));
+        assert_eq!(p.get("f"), Some(&V::Int(i64::MAX)));
+        for bad in [r#"{"bad":null}"#, r#"{"bad":[1]}"#, "not json"] {
+            assert_eq!(parse_props(bad), Properties::default(), "{bad}");
         }
         let mut p = Properties::new();
         p.insert("s", "v");

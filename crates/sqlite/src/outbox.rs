@@ -70,7 +70,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use eventyard_core::outbox::{OutboxError, OutboxRecord, OutboxStatus, OutboxStore, PendingEvent};
 use eventyard_core::transport::check_name;
-use eventyard_core::{Message, Properties, PropertyValue, TransportError};
+use eventyard_core::{Message, TransportError};
 use rusqlite::{ErrorCode, OptionalExtension, Transaction, params};
 
 use crate::broker::SqliteBroker;
@@ -347,30 +347,6 @@ impl Drop for SqliteOutbox {
     }
 }
 
-/// Reads stored properties. Through `serde_json::Value` rather than `Properties`' own
-/// (untagged) deserializer, which builds an error per rejected variant of every string value and
-/// costs several times more.
-fn parse_props(json: &str) -> Properties {
-    use serde_json::Value;
-    let Ok(map) = serde_json::from_str::<serde_json::Map<String, Value>>(json) else {
-        return Properties::default();
-    };
-    map.into_iter()
-        .filter_map(|(k, v)| {
-            let v: PropertyValue = match v {
-                Value::Bool(b) => b.into(),
-                Value::Number(n) => match n.as_i64() {
-                    Some(i) => i.into(),
-                    None => n.as_f64()?.into(),
-                },
-                Value::String(s) => s.into(),
-                _ => return None,
-            };
-            Some((k, v))
-        })
-        .collect()
-}
-
 /// A record as read on the writer thread; its properties are parsed by the caller, off that
 /// thread.
 struct RawRecord {
@@ -407,7 +383,7 @@ impl RawRecord {
             partition_key: self.partition_key,
             message: Message {
                 body: Bytes::from(self.body),
-                properties: parse_props(&self.props),
+                properties: crate::ops::parse_props(&self.props),
             },
             deliver_at: self.deliver_at.map(to_time),
             created_at: to_time(self.created_at),
