@@ -27,6 +27,10 @@ fn bench_inbox_json_is_sane() {
             "100",
             "--aggregates",
             "16",
+            "--rate",
+            "200",
+            "--seconds",
+            "0.5",
             "--dir",
         ])
         .arg(dir.path())
@@ -56,8 +60,16 @@ fn bench_inbox_json_is_sane() {
     assert_eq!(v["messages"], 600);
     assert_eq!(v["payload_bytes"], 256);
     assert_eq!(v["runs"], 1);
+    // Latency through the inbox: every scheduled message handled, ordered percentiles.
+    let l = &v["latency"];
+    assert_eq!(l["sent"], 100, "{l}");
+    assert_eq!(l["received"], 100, "{l}");
+    let (p50, p99) = (num(&v, "p50_ms"), num(&v, "p99_ms"));
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= num(&v, "p999_ms"), "{v}");
+    assert_eq!(p50, num(l, "p50_ms"));
 
     let s = &v["settings"];
+    assert_eq!(num(s, "latency_rate"), 200.0);
     assert_eq!(s["journal_mode"], "WAL");
     assert_eq!(s["synchronous"], "FULL");
     assert_eq!(s["batch"], 100);

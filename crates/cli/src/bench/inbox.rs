@@ -18,15 +18,18 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use eventyard::sqlite::SqliteBroker;
 use eventyard::sqlite::rusqlite::{self, params};
+use eventyard::sqlite::{Inbox, SqliteBroker};
 use eventyard::{Envelope, ErrorKind, HandlerError, MessageContext};
 use serde::Serialize;
 
 use super::SyncMode;
 use super::broker::{self, BrokerParams, BrokerRun};
 use super::embedded::{by_thread, loadavg, ratio, thousands};
+use super::latency::{self, LatencyParams, LatencyRun};
 use super::workload::{self, median};
 
 /// R3 bar on SQLite: inbox rate / rate without the inbox.
@@ -80,6 +83,12 @@ pub struct InboxArgs {
     /// Size of the envelope's JSON payload, in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
+    /// Latency run (through the inbox): messages per second, published open-loop.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Latency run: how long to publish (`5s`, `500ms`, or seconds).
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    pub seconds: Duration,
     /// Directory for the temporary data files (default: the system temp directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -104,6 +113,10 @@ pub struct Settings {
     pub aggregates: u64,
     /// Size of the envelope's JSON payload.
     pub payload_bytes: usize,
+    /// Latency run: messages per second.
+    pub latency_rate: f64,
+    /// Latency run: seconds of publishing.
+    pub latency_seconds: f64,
     /// What the baseline handler does.
     pub baseline_handler: &'static str,
     /// What the inbox handler does.
@@ -141,6 +154,14 @@ pub struct InboxReport {
     pub target_ratio: f64,
     /// `ratio >= target_ratio`.
     pub meets_target: bool,
+    /// Latency through the inbox (intended send → inbox transaction committed), median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile of that latency, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile of that latency, ms.
+    pub p999_ms: f64,
+    /// The whole latency run (open loop at `settings.latency_rate`).
+    pub latency: LatencyRun,
     /// Inbox runs: CPU µs per message by thread group (median of runs).
     pub cpu_us_per_msg: BTreeMap<String, f64>,
     /// Baseline runs: CPU µs per message by thread group (median of runs).
@@ -206,25 +227,58 @@ async fn run_side(
         Side::Inbox => {
             let inbox = store.inbox();
             let handler = move |env: Envelope, _ctx: MessageContext| {
-                let inbox = inbox.clone();
-                async move {
-                    let agg = aggregate_of(&env, aggregates);
-                    let id = env.event_id.to_string();
-                    let (agg2, id2) = (agg.clone(), id.clone());
-                    inbox
-                        .run(&env, HANDLER, &agg, move |tx| {
-                            tx.prepare_cached(UPSERT)?.execute(params![agg2, id2])?;
-                            Ok::<(), rusqlite::Error>(())
-                        })
-                        .await
-                        .map_err(handler_error)?;
-                    Ok::<(), HandlerError>(())
-                }
+                apply_with_inbox(inbox.clone(), env, aggregates)
             };
             broker::run_on(store, bp, template, handler).await?
         }
     };
     check(&path, side, a.messages)?;
+    drop(tmp);
+    Ok(run)
+}
+
+/// The inbox side's handler: the upsert through `Inbox::run`.
+async fn apply_with_inbox(
+    inbox: Inbox,
+    env: Envelope,
+    aggregates: u64,
+) -> Result<(), HandlerError> {
+    let agg = aggregate_of(&env, aggregates);
+    let id = env.event_id.to_string();
+    let (agg2, id2) = (agg.clone(), id);
+    inbox
+        .run(&env, HANDLER, &agg, move |tx| {
+            tx.prepare_cached(UPSERT)?.execute(params![agg2, id2])?;
+            Ok::<(), rusqlite::Error>(())
+        })
+        .await
+        .map_err(handler_error)?;
+    Ok(())
+}
+
+/// Open-loop latency through the inbox on a fresh data file.
+async fn inbox_latency(a: &InboxArgs, template: &Envelope) -> anyhow::Result<LatencyRun> {
+    let tmp = workload::tempdir(a.dir.as_deref())?;
+    let lp = LatencyParams {
+        rate: a.rate,
+        duration: a.seconds,
+        concurrency: a.concurrency,
+        synchronous: a.synchronous,
+    };
+    let aggregates = a.aggregates;
+    let run = latency::run_with(
+        &tmp.path().join("latency.db"),
+        &lp,
+        template,
+        |b| async move {
+            b.transaction(|tx| tx.execute_batch(STATE_DDL)).await??;
+            let inbox = b.inbox();
+            let work: latency::Work =
+                Arc::new(move |env| Box::pin(apply_with_inbox(inbox.clone(), env, aggregates)));
+            Ok(Some(work))
+        },
+    )
+    .await?;
     drop(tmp);
     Ok(run)
 }
@@ -267,6 +321,7 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
     let med = |runs: &[BrokerRun]| median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
     let (baseline_rate, rate) = (med(&baseline_runs), med(&inbox_runs));
     let ratio = ratio(rate, baseline_rate);
+    let lat = inbox_latency(a, &template).await?;
     Ok(InboxReport {
         benchmark: "inbox",
         baseline_rate,
@@ -277,6 +332,10 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
         runs: a.runs,
         target_ratio: TARGET_RATIO,
         meets_target: ratio >= TARGET_RATIO,
+        p50_ms: lat.p50_ms,
+        p99_ms: lat.p99_ms,
+        p999_ms: lat.p999_ms,
+        latency: lat,
         cpu_us_per_msg: by_thread(&inbox_runs, |r| &r.cpu_us_per_msg),
         baseline_cpu_us_per_msg: by_thread(&baseline_runs, |r| &r.cpu_us_per_msg),
         settings: Settings {
@@ -288,6 +347,8 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
             max_backlog: a.max_backlog,
             aggregates: a.aggregates,
             payload_bytes: a.payload_bytes,
+            latency_rate: a.rate,
+            latency_seconds: a.seconds.as_secs_f64(),
             baseline_handler: "SqliteBroker::transaction: upsert one bench_state row (prepared), \
                                in the store's group-commit transaction; ack after the handler",
             inbox_handler: "Inbox::run(envelope, handler, aggregate): key lookup, the same \
@@ -351,6 +412,12 @@ pub fn table(r: &InboxReport) -> String {
         r.ratio,
         r.target_ratio,
         if r.meets_target { "ok" } else { "BELOW TARGET" }
+    );
+    let l = &r.latency;
+    let _ = writeln!(
+        o,
+        "latency through the inbox (open loop, {} msg/s, intended send → inbox committed): p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({} of {} handled)",
+        r.settings.latency_rate, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.received, l.sent
     );
     let _ = writeln!(
         o,

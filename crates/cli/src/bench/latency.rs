@@ -6,7 +6,9 @@
 //! handler records `now − intended` into an HDR histogram: a stalled publisher or a late thread
 //! shows up as latency instead of silently thinning the load (no coordinated omission).
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,12 +85,34 @@ impl Recorder {
     }
 }
 
-/// Runs once on a fresh data file at `path`.
+/// Work a handler does before its receipt is recorded (e.g. an inbox transaction).
+pub type Work = Arc<
+    dyn Fn(Envelope) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Runs once on a fresh data file at `path`, with a no-op handler.
 pub async fn run(
     path: &Path,
     p: &LatencyParams,
     template: &Envelope,
 ) -> anyhow::Result<LatencyRun> {
+    run_with(path, p, template, |_| async { Ok(None) }).await
+}
+
+/// Runs once on a fresh data file at `path`; `setup` prepares the broker and returns the work
+/// each handler does before recording (intended send → work done).
+pub async fn run_with<S, F>(
+    path: &Path,
+    p: &LatencyParams,
+    template: &Envelope,
+    setup: S,
+) -> anyhow::Result<LatencyRun>
+where
+    S: FnOnce(SqliteBroker) -> F,
+    F: Future<Output = anyhow::Result<Option<Work>>>,
+{
     anyhow::ensure!(
         p.rate.is_finite() && p.rate > 0.0,
         "--rate must be positive"
@@ -96,6 +120,7 @@ pub async fn run(
     let mut cfg = SqliteConfig::new(path);
     cfg.synchronous = p.synchronous.to_broker();
     let broker = SqliteBroker::open(cfg)?;
+    let work = setup(broker.clone()).await?;
     let bus = Bus::new(Arc::new(broker));
     let rec = Arc::new(Recorder {
         origin: Instant::now(),
@@ -109,8 +134,13 @@ pub async fn run(
         .topic(EVENT_TYPE)
         .concurrency(usize::try_from(p.concurrency)?)
         .handle_envelopes(move |env: Envelope, _ctx: MessageContext| {
-            let r = handler_rec.record(&env);
-            async move { r }
+            let (rec, work) = (handler_rec.clone(), work.clone());
+            async move {
+                if let Some(work) = work {
+                    work(env.clone()).await?;
+                }
+                rec.record(&env)
+            }
         })
         .await?;
     let result = drive(&bus, &consumer, p, template, &rec).await;
