@@ -56,7 +56,7 @@ use crate::error;
 use eventyard_core::outbox::OutboxError;
 
 /// Version of the DDL below; bump it when the DDL changes.
-pub(crate) const VERSION: &str = "2";
+pub(crate) const VERSION: &str = "3";
 
 /// 64-bit FNV-1a of a name: advisory lock keys derived from the schema name.
 pub(crate) fn lock_key(name: &str) -> i64 {
@@ -166,14 +166,17 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     v_now timestamptz;
-    v_blocking boolean;
 BEGIN
     PERFORM pg_advisory_xact_lock({claim_lock});
     v_now := clock_timestamp();
-    v_blocking := EXISTS (SELECT 1 FROM {s}.outbox b
-                          WHERE b.state <> 0 OR b.visible_at IS NOT NULL);
+    -- `blocking` must be read in the same statement (snapshot) as the candidates: a release
+    -- committing in between would otherwise leave a record waiting for its retry that the
+    -- per-key check below was told to skip, and its successors would overtake it.
     RETURN QUERY
-    WITH cand AS MATERIALIZED (
+    WITH blocking AS MATERIALIZED (
+        SELECT EXISTS (SELECT 1 FROM {s}.outbox b
+                       WHERE b.state <> 0 OR b.visible_at IS NOT NULL) AS v),
+    cand AS MATERIALIZED (
         SELECT w.id, w.topic, w.partition_key, w.body, w.properties, w.deliver_at,
                w.created_at, w.attempts,
                EXISTS (SELECT 1 FROM {s}.outbox_claims x WHERE x.id = w.id) AS expired
@@ -183,7 +186,7 @@ BEGIN
                    (c.visible_at IS NULL OR c.visible_at <= v_now)
                    AND c.partition_key NOT IN (SELECT l.partition_key FROM {s}.outbox_claims l
                                                WHERE l.until > v_now)
-                   AND (NOT v_blocking OR (SELECT 1 FROM {s}.outbox b
+                   AND (NOT (SELECT blocking.v FROM blocking) OR (SELECT 1 FROM {s}.outbox b
                         WHERE b.partition_key = c.partition_key AND b.id < c.id
                           AND (b.state <> 0 OR b.visible_at IS NOT NULL)
                           AND (b.state <> 0 OR b.visible_at > v_now)
