@@ -1,15 +1,13 @@
 //! `yard bench embedded --json` with tiny numbers: runs end to end, exits 0, and reports sane
 //! figures (positive rates, ratio = rate / baseline_rate, ordered percentiles, settings).
 
+mod common;
+
+use common::num;
+
 use std::process::Command;
 
 use serde_json::Value;
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
-}
 
 #[test]
 fn bench_embedded_json_is_sane() {

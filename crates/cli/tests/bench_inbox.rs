@@ -1,15 +1,13 @@
 //! `yard bench inbox --json` with tiny numbers: runs end to end, exits 0, and reports sane
 //! figures (positive rates, ratio = rate / baseline_rate, settings, every run's messages).
 
+mod common;
+
+use common::num;
+
 use std::process::Command;
 
 use serde_json::Value;
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
-}
 
 #[test]
 fn bench_inbox_json_is_sane() {

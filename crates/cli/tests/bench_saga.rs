@@ -4,15 +4,11 @@
 
 mod common;
 
+use common::num;
+
 use common::{stderr, stdout, yard};
 use eventyard_testkit::services::{Service, require};
 use serde_json::Value;
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
-}
 
 #[test]
 fn bench_saga_json_is_sane() {

@@ -3,18 +3,16 @@
 //! what it created. Skipped when the broker is absent (failed under CI, see
 //! `eventyard_testkit::services`).
 
+mod common;
+
+use common::num;
+
 use std::process::Command;
 
 use eventyard_testkit::services::{self, Service};
 use serde_json::Value;
 
 const MESSAGES: u64 = 400;
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
-}
 
 fn assert_ratio(c: &Value, what: &str) {
     let (raw, bus, ratio) = (num(c, "raw"), num(c, "bus"), num(c, "ratio"));

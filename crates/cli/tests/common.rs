@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use serde_json::Value;
+
 /// The `yard` binary built for this test run.
 pub fn yard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_yard"))
@@ -27,4 +29,18 @@ pub fn stderr(o: &Output) -> String {
 /// Opens the embedded broker on `path`.
 pub fn broker(path: &Path) -> eventyard::sqlite::SqliteBroker {
     eventyard::sqlite::SqliteBroker::open(eventyard::sqlite::SqliteConfig::new(path)).expect("open")
+}
+
+/// The number at `key` of a JSON object; panics naming the key when it is not one.
+pub fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
+}
+
+/// One JSON value per line of `text`.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
 }

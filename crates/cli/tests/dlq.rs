@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::json_lines;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -143,12 +145,6 @@ fn fails(data: &Path, args: &[&str]) -> String {
         stdout(&o)
     );
     stderr(&o)
-}
-
-fn json_lines(s: &str) -> Vec<Value> {
-    s.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
 }
 
 fn count(data: &Path, filters: &[&str]) -> usize {

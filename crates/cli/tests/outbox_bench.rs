@@ -7,14 +7,10 @@
 
 mod common;
 
+use common::num;
+
 use eventyard_testkit::services::{Service, require};
 use serde_json::Value;
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
-}
 
 fn bench(store: &str, url: Option<&str>) -> Value {
     let mut cmd = common::yard();

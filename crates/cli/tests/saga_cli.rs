@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::json_lines;
+
 use std::process::Output;
 
 use chrono::Duration as Span;
@@ -62,12 +64,6 @@ fn ok(o: &Output) -> String {
         stderr(o)
     );
     stdout(o)
-}
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
 }
 
 /// The checks shared by both stores; `store` are the arguments selecting it.

@@ -35,3 +35,18 @@ pub fn map_error(path: &str, e: rusqlite::Error, busy_ms: u64) -> TransportError
 pub fn map_open_error(path: &str, e: rusqlite::Error) -> TransportError {
     map_error(path, e, 0)
 }
+
+/// True when an engine error may pass on a retry (busy, locked, disk full, I/O, cannot open):
+/// the stores built on the data file (outbox, sagas) report these as unavailable.
+pub(crate) fn is_transient(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen,
+        )
+    )
+}

@@ -245,7 +245,8 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-fn dur_us(d: Duration) -> i64 {
+/// A duration in whole microseconds (saturating).
+pub(crate) fn dur_us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 

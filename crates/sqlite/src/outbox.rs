@@ -71,7 +71,7 @@ use chrono::{DateTime, Utc};
 use eventyard_core::outbox::{OutboxError, OutboxRecord, OutboxStatus, OutboxStore, PendingEvent};
 use eventyard_core::transport::check_name;
 use eventyard_core::{Message, TransportError};
-use rusqlite::{ErrorCode, OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::broker::SqliteBroker;
 use crate::ops::now_us;
@@ -144,15 +144,10 @@ pub fn add_all(tx: &Transaction<'_>, events: &[PendingEvent]) -> Result<Vec<i64>
 
 /// Describes an engine error as an outbox error.
 fn db_error(e: rusqlite::Error) -> OutboxError {
-    match e.sqlite_error_code() {
-        Some(
-            ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::CannotOpen,
-        ) => OutboxError::Unavailable(e.to_string()),
-        _ => OutboxError::Store(e.to_string()),
+    if crate::error::is_transient(&e) {
+        OutboxError::Unavailable(e.to_string())
+    } else {
+        OutboxError::Store(e.to_string())
     }
 }
 
@@ -162,10 +157,6 @@ fn broker_error(e: TransportError) -> OutboxError {
         TransportError::InvalidDataFile { .. } => OutboxError::Store(e.to_string()),
         other => OutboxError::Unavailable(other.to_string()),
     }
-}
-
-fn dur_us(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 fn to_time(us: i64) -> DateTime<Utc> {
@@ -471,7 +462,7 @@ fn claim_tx(
             .query_row(params![now], |r| r.get(0))?;
         return Ok((Vec::new(), next));
     }
-    let until = now.saturating_add(dur_us(lease).max(1));
+    let until = now.saturating_add(crate::ops::dur_us(lease).max(1));
     let ids = json_ids(picked.iter().map(|(id, _)| *id));
     tx.prepare_cached(
         "UPDATE outbox_queue SET visible_at = ?1, lease_owner = ?2
@@ -574,7 +565,9 @@ impl OutboxStore for SqliteOutbox {
         }
         let (ids, relay) = (ids.to_vec(), relay.to_owned());
         self.run(move |tx| {
-            let at = now_us().saturating_add(dur_us(retry_after)).max(1);
+            let at = now_us()
+                .saturating_add(crate::ops::dur_us(retry_after))
+                .max(1);
             let mut release = tx.prepare_cached(
                 "UPDATE outbox_queue SET visible_at = ?1, lease_owner = NULL,
                         attempts = attempts + 1
@@ -622,7 +615,7 @@ impl OutboxStore for SqliteOutbox {
 
     async fn cleanup(&self, older_than: Duration, batch: u32) -> Result<u64, OutboxError> {
         let candidate = self.candidate.clone();
-        let lease = dur_us(self.cleaner_lease).max(1);
+        let lease = crate::ops::dur_us(self.cleaner_lease).max(1);
         self.run(move |tx| {
             let now = now_us();
             let elected = tx
@@ -637,7 +630,7 @@ impl OutboxStore for SqliteOutbox {
             if elected == 0 || batch == 0 {
                 return Ok(0);
             }
-            let cutoff = now.saturating_sub(dur_us(older_than));
+            let cutoff = now.saturating_sub(crate::ops::dur_us(older_than));
             let old: Vec<(i64, i64)> = tx
                 .prepare_cached(
                     "SELECT dispatched_at, id FROM outbox_done WHERE dispatched_at < ?1

@@ -197,15 +197,10 @@ impl SqliteSagaStore {
 
 /// Describes an engine error as a saga error.
 fn db_error(e: rusqlite::Error) -> SagaError {
-    match e.sqlite_error_code() {
-        Some(
-            ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::CannotOpen,
-        ) => SagaError::Unavailable(e.to_string()),
-        _ => SagaError::Storage(e.to_string()),
+    if crate::error::is_transient(&e) {
+        SagaError::Unavailable(e.to_string())
+    } else {
+        SagaError::Storage(e.to_string())
     }
 }
 
