@@ -187,9 +187,9 @@ pub fn ratio(rate: f64, baseline: f64) -> f64 {
 
 /// One baseline run on a fresh file under `dir`, on a blocking thread.
 async fn baseline_once(a: &EmbeddedArgs, body: &[u8], props: &str) -> anyhow::Result<BaselineRun> {
-    let tmp = workload::tempdir(a.dir.as_deref())?;
+    let tmp = workload::tempdir(a.load.dir.as_deref())?;
     let path = tmp.path().join("baseline.db");
-    let (sync, n, b) = (a.synchronous, a.messages, a.batch);
+    let (sync, n, b) = (a.load.synchronous, a.messages, a.load.batch);
     let (body, props) = (body.to_vec(), props.to_owned());
     let run = tokio::task::spawn_blocking(move || baseline::run(&path, sync, n, b, &body, &props))
         .await??;
@@ -205,17 +205,17 @@ fn fsync_probe(dir: Option<&Path>) -> anyhow::Result<(f64, f64)> {
 /// Runs the whole benchmark and returns the report (no printing).
 pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
     let loadavg_start = loadavg();
-    let fsync_ms_start = fsync_probe(a.dir.as_deref())?;
-    let template = workload::template(a.payload_bytes)?;
+    let fsync_ms_start = fsync_probe(a.load.dir.as_deref())?;
+    let template = workload::template(a.load.payload_bytes)?;
     let (body, props) = workload::row_bytes(&template);
-    let bare_body = vec![b'x'; a.payload_bytes];
+    let bare_body = vec![b'x'; a.load.payload_bytes];
     let bp = BrokerParams {
         messages: a.messages,
-        batch: a.batch,
-        publishers: a.publishers,
-        concurrency: a.concurrency,
-        synchronous: a.synchronous,
-        max_backlog: a.max_backlog,
+        batch: a.load.batch,
+        publishers: a.load.publishers,
+        concurrency: a.load.concurrency,
+        synchronous: a.load.synchronous,
+        max_backlog: a.load.max_backlog,
     };
     let mut baseline_runs = Vec::new();
     let mut bare_runs = Vec::new();
@@ -223,16 +223,16 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
     for _ in 0..a.runs {
         baseline_runs.push(baseline_once(a, &body, &props).await?);
         bare_runs.push(baseline_once(a, &bare_body, BARE_PROPS).await?);
-        let tmp = workload::tempdir(a.dir.as_deref())?;
+        let tmp = workload::tempdir(a.load.dir.as_deref())?;
         broker_runs.push(broker::run(&tmp.path().join("broker.db"), &bp, &template).await?);
         drop(tmp);
     }
-    let tmp = workload::tempdir(a.dir.as_deref())?;
+    let tmp = workload::tempdir(a.load.dir.as_deref())?;
     let lp = LatencyParams {
-        rate: a.rate,
-        duration: a.seconds,
-        concurrency: a.concurrency,
-        synchronous: a.synchronous,
+        rate: a.load.rate,
+        duration: a.load.seconds,
+        concurrency: a.load.concurrency,
+        synchronous: a.load.synchronous,
     };
     let lat = latency::run(&tmp.path().join("latency.db"), &lp, &template).await?;
     drop(tmp);
@@ -248,6 +248,7 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
     );
     let ratio_r7 = ratio(rate, baseline_rate);
     let data_dir = a
+        .load
         .dir
         .clone()
         .unwrap_or_else(std::env::temp_dir)
@@ -265,7 +266,7 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
         p99_ms: lat.p99_ms,
         p999_ms: lat.p999_ms,
         messages: a.messages,
-        payload_bytes: a.payload_bytes,
+        payload_bytes: a.load.payload_bytes,
         runs: a.runs,
         target_ratio: TARGET_RATIO,
         target_rate: TARGET_RATE,
@@ -276,12 +277,12 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
         baseline_bare_cpu_us_per_msg: baseline_cpu(&bare_runs),
         settings: Settings {
             journal_mode: "WAL",
-            synchronous: a.synchronous.as_str(),
-            batch: a.batch,
-            publishers: a.publishers,
-            consumer_concurrency: a.concurrency,
-            max_backlog: a.max_backlog,
-            payload_bytes: a.payload_bytes,
+            synchronous: a.load.synchronous.as_str(),
+            batch: a.load.batch,
+            publishers: a.load.publishers,
+            consumer_concurrency: a.load.concurrency,
+            max_backlog: a.load.max_backlog,
+            payload_bytes: a.load.payload_bytes,
             body_bytes: body.len(),
             props_bytes: props.len(),
             baseline_cycle: "rusqlite on one thread, the broker's messages table; per cycle 3 \
@@ -290,11 +291,11 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
             broker_path: "Bus::publish_batch from the publisher tasks; runtime consumer via \
                           handle_envelopes (parse + validate envelope, no-op handler, ack after \
                           handler); clock stops when the consumer's acked counter reaches N",
-            latency_rate: a.rate,
-            latency_seconds: a.seconds.as_secs_f64(),
+            latency_rate: a.load.rate,
+            latency_seconds: a.load.seconds.as_secs_f64(),
             data_dir,
             fsync_ms_start,
-            fsync_ms_end: fsync_probe(a.dir.as_deref())?,
+            fsync_ms_end: fsync_probe(a.load.dir.as_deref())?,
             loadavg_start,
             loadavg_end: loadavg(),
             runtime_workers: tokio::runtime::Handle::current().metrics().num_workers(),
@@ -509,8 +510,8 @@ pub async fn run(a: EmbeddedArgs) -> anyhow::Result<ExitCode> {
             "running {} rounds (2 baselines + broker) of {} messages, then {} s of latency at {} msg/s…",
             a.runs,
             a.messages,
-            a.seconds.as_secs_f64(),
-            a.rate
+            a.load.seconds.as_secs_f64(),
+            a.load.rate
         );
     }
     let report = run_embedded(&a).await?;

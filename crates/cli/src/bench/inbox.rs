@@ -16,17 +16,16 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use eventyard::sqlite::rusqlite::{self, params};
 use eventyard::sqlite::{Inbox, SqliteBroker};
 use eventyard::{Envelope, ErrorKind, HandlerError, MessageContext};
 use serde::Serialize;
 
-use super::SyncMode;
+use super::LoadArgs;
 use super::broker::{self, BrokerParams, BrokerRun};
 use super::embedded::{by_thread, loadavg, ratio, thousands};
 use super::latency::{self, LatencyParams, LatencyRun};
@@ -61,37 +60,12 @@ pub struct InboxArgs {
     /// Rounds (each: the baseline, then the inbox); the report gives medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
-    /// `PRAGMA synchronous` for both sides (journal_mode is always WAL).
-    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
-    pub synchronous: SyncMode,
-    /// Messages per publish call.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch: u64,
-    /// Concurrent publisher tasks.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
-    pub publishers: u64,
-    /// Consumer concurrency (handlers running at once).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
-    pub concurrency: u64,
-    /// Publishers pause while more than this many messages are published but not yet
-    /// acknowledged (0: unbounded).
-    #[arg(long, default_value_t = 0)]
-    pub max_backlog: u64,
     /// Distinct aggregates (rows of the state table) the messages are spread over.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub aggregates: u64,
-    /// Size of the envelope's JSON payload, in bytes.
-    #[arg(long, default_value_t = 256)]
-    pub payload_bytes: usize,
-    /// Latency run (through the inbox): messages per second, published open-loop.
-    #[arg(long, default_value_t = 1000.0)]
-    pub rate: f64,
-    /// Latency run: how long to publish (`5s`, `500ms`, or seconds).
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
-    pub seconds: Duration,
-    /// Directory for the temporary data files (default: the system temp directory).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
+    /// The load, as `yard bench embedded` takes it.
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 /// Everything the benchmark held fixed.
@@ -198,9 +172,9 @@ async fn run_side(
     bp: &BrokerParams,
     template: &Envelope,
 ) -> anyhow::Result<BrokerRun> {
-    let tmp = workload::tempdir(a.dir.as_deref())?;
+    let tmp = workload::tempdir(a.load.dir.as_deref())?;
     let path = tmp.path().join("inbox.db");
-    let store = broker::open(&path, a.synchronous)?;
+    let store = broker::open(&path, a.load.synchronous)?;
     store
         .transaction(|tx| tx.execute_batch(STATE_DDL))
         .await??;
@@ -258,12 +232,12 @@ async fn apply_with_inbox(
 
 /// Open-loop latency through the inbox on a fresh data file.
 async fn inbox_latency(a: &InboxArgs, template: &Envelope) -> anyhow::Result<LatencyRun> {
-    let tmp = workload::tempdir(a.dir.as_deref())?;
+    let tmp = workload::tempdir(a.load.dir.as_deref())?;
     let lp = LatencyParams {
-        rate: a.rate,
-        duration: a.seconds,
-        concurrency: a.concurrency,
-        synchronous: a.synchronous,
+        rate: a.load.rate,
+        duration: a.load.seconds,
+        concurrency: a.load.concurrency,
+        synchronous: a.load.synchronous,
     };
     let aggregates = a.aggregates;
     let run = latency::run_with(
@@ -303,14 +277,14 @@ fn check(path: &Path, side: Side, messages: u64) -> anyhow::Result<()> {
 /// Runs the whole benchmark and returns the report (no printing).
 pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
     let loadavg_start = loadavg();
-    let template = workload::template(a.payload_bytes)?;
+    let template = workload::template(a.load.payload_bytes)?;
     let bp = BrokerParams {
         messages: a.messages,
-        batch: a.batch,
-        publishers: a.publishers,
-        concurrency: a.concurrency,
-        synchronous: a.synchronous,
-        max_backlog: a.max_backlog,
+        batch: a.load.batch,
+        publishers: a.load.publishers,
+        concurrency: a.load.concurrency,
+        synchronous: a.load.synchronous,
+        max_backlog: a.load.max_backlog,
     };
     let mut baseline_runs = Vec::new();
     let mut inbox_runs = Vec::new();
@@ -328,7 +302,7 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
         rate,
         ratio,
         messages: a.messages,
-        payload_bytes: a.payload_bytes,
+        payload_bytes: a.load.payload_bytes,
         runs: a.runs,
         target_ratio: TARGET_RATIO,
         meets_target: ratio >= TARGET_RATIO,
@@ -340,20 +314,21 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
         baseline_cpu_us_per_msg: by_thread(&baseline_runs, |r| &r.cpu_us_per_msg),
         settings: Settings {
             journal_mode: "WAL",
-            synchronous: a.synchronous.as_str(),
-            batch: a.batch,
-            publishers: a.publishers,
-            consumer_concurrency: a.concurrency,
-            max_backlog: a.max_backlog,
+            synchronous: a.load.synchronous.as_str(),
+            batch: a.load.batch,
+            publishers: a.load.publishers,
+            consumer_concurrency: a.load.concurrency,
+            max_backlog: a.load.max_backlog,
             aggregates: a.aggregates,
-            payload_bytes: a.payload_bytes,
-            latency_rate: a.rate,
-            latency_seconds: a.seconds.as_secs_f64(),
+            payload_bytes: a.load.payload_bytes,
+            latency_rate: a.load.rate,
+            latency_seconds: a.load.seconds.as_secs_f64(),
             baseline_handler: "SqliteBroker::transaction: upsert one bench_state row (prepared), \
                                in the store's group-commit transaction; ack after the handler",
             inbox_handler: "Inbox::run(envelope, handler, aggregate): key lookup, the same \
                             upsert, key insert, in the same transaction; ack after the handler",
             data_dir: a
+                .load
                 .dir
                 .clone()
                 .unwrap_or_else(std::env::temp_dir)

@@ -82,10 +82,19 @@ pub struct EmbeddedArgs {
     /// Throughput rounds (each: both baselines, then the broker); the report gives medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+    /// The load shared with `yard bench inbox`.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// The load of the embedded-store benchmarks (`embedded`, `inbox`): durability, publishers,
+/// consumer, payload, latency run, data directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
     /// `PRAGMA synchronous` for every side (journal_mode is always WAL).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     pub synchronous: SyncMode,
-    /// Rows per cycle of the baseline loop, and messages per publish call of the broker run.
+    /// Messages per publish call of the broker runs (and rows per cycle of the bare baseline loop).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
     /// Concurrent publisher tasks in the broker run.
