@@ -17,7 +17,6 @@
 //! comes last, on its own fresh file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -515,18 +514,7 @@ pub async fn run(a: EmbeddedArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let report = run_embedded(&a).await?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-        let short = report.shortfalls();
-        if !short.is_empty() {
-            eprintln!("yard bench embedded: below target: {}", short.join("; "));
-        }
-    } else {
-        write!(out, "{}", table(&report))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    super::emit("embedded", a.json, &report, table, &report.shortfalls())
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -407,12 +406,5 @@ pub fn table(r: &InboxReport) -> String {
 /// `yard bench inbox`: runs, prints, exits 0 whether or not the target is met.
 pub async fn run(a: InboxArgs) -> anyhow::Result<ExitCode> {
     let report = run_inbox(&a).await?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        write!(out, "{}", table(&report))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    super::emit("inbox", a.json, &report, table, &[])
 }

@@ -122,6 +122,29 @@ pub struct LoadArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// Prints a report: one JSON line (`--json`, with the missed targets on stderr) or the table.
+/// Exits 0 whether or not the targets are met: the figures are the result.
+pub fn emit<R: serde::Serialize>(
+    name: &str,
+    json: bool,
+    report: &R,
+    table: impl FnOnce(&R) -> String,
+    shortfalls: &[String],
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+        if !shortfalls.is_empty() {
+            eprintln!("yard bench {name}: below target: {}", shortfalls.join("; "));
+        }
+    } else {
+        write!(out, "{}", table(report))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {

@@ -39,7 +39,6 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
-use std::io::Write as _;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -2268,18 +2267,7 @@ pub fn table(r: &TransportReport) -> String {
 /// `yard bench transport`: runs, prints, exits 0 whether or not the targets are met.
 pub async fn run(args: TransportArgs) -> anyhow::Result<ExitCode> {
     let report = run_transport(&args).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-        let short = report.shortfalls();
-        if !short.is_empty() {
-            eprintln!("yard bench transport: below target: {}", short.join("; "));
-        }
-    } else {
-        write!(out, "{}", table(&report))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    super::emit("transport", args.json, &report, table, &report.shortfalls())
 }
 
 #[cfg(test)]
