@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use eventyard_core::{DeadLetterInfo, Delivery, Envelope, Receiver, Settlement, TransportError};
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -125,6 +126,10 @@ pub(crate) async fn run(
     let permits = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
+    let workers = tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .max(1);
     'outer: while !*stop.borrow() {
         // Claim only what can start now, so no message waits locked behind a full pipeline.
         let first = tokio::select! {
@@ -176,6 +181,7 @@ pub(crate) async fn run(
             }
         };
         let mut first = Some(first);
+        let mut ready = Vec::with_capacity(batch.len());
         for delivery in batch {
             let permit = match first.take() {
                 Some(p) => p,
@@ -188,14 +194,36 @@ pub(crate) async fn run(
                     }
                 },
             };
-            if *stop.borrow() {
+            ready.push((delivery, permit));
+        }
+        if *stop.borrow() {
+            for (delivery, _) in ready {
                 let _ = delivery.abandon(Duration::ZERO).await;
-                continue 'outer;
+            }
+            continue 'outer;
+        }
+        // One task per worker thread's share of the batch, each running its deliveries
+        // concurrently, rather than one task per delivery: spawning (and waking a parked worker
+        // for) every message cost more than a no-op handler. Each delivery still frees its slot
+        // the moment it is settled, and a slow handler does not hold up the others of its share.
+        let share = ready.len().div_ceil(workers).max(1);
+        let mut ready = ready.into_iter();
+        loop {
+            let chunk: Vec<_> = ready.by_ref().take(share).collect();
+            if chunk.is_empty() {
+                break;
             }
             let spec = spec.clone();
             tasks.spawn(async move {
-                process(&spec, delivery).await;
-                drop(permit);
+                let spec = &spec;
+                let mut running: FuturesUnordered<_> = chunk
+                    .into_iter()
+                    .map(|(delivery, permit)| async move {
+                        process(spec, delivery).await;
+                        drop(permit);
+                    })
+                    .collect();
+                while running.next().await.is_some() {}
             });
         }
         while tasks.try_join_next().is_some() {}

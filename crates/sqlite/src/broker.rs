@@ -55,12 +55,14 @@ impl SqliteBroker {
             queues: Mutex::new(std::collections::HashMap::new()),
             waiters: AtomicUsize::new(0),
             outbox: watch::channel(0u64).0,
+            counters: writer::Counters::default(),
         });
         let thread_cfg = cfg.clone();
         let thread_shared = shared.clone();
+        let dispatch = writer::dispatcher();
         let thread = std::thread::Builder::new()
             .name("eventyard-sqlite".into())
-            .spawn(move || writer::run(thread_cfg, conn, rx, thread_shared))
+            .spawn(move || writer::run(thread_cfg, conn, rx, thread_shared, dispatch))
             .map_err(|e| TransportError::Backend {
                 backend: "sqlite",
                 message: format!("cannot start the writer thread: {e}"),
@@ -146,6 +148,11 @@ impl SqliteBroker {
     /// The state shared with the writer thread (wake-up signals).
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
+    }
+
+    /// What the writer thread has done since the broker opened (transactions, commands).
+    pub fn writer_stats(&self) -> writer::WriterStats {
+        self.inner.shared.counters.snapshot()
     }
 
     /// Message counts of every subscription (available, pending, dead-lettered).

@@ -30,3 +30,4 @@ pub use ops::SubscriptionStats;
 /// The SQLite engine, re-exported so applications use the same version in [`SqliteBroker::transaction`].
 pub use rusqlite;
 pub use saga::SqliteSagaStore;
+pub use writer::WriterStats;

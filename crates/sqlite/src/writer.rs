@@ -5,7 +5,7 @@
 //! the transaction commits, so a publish is acknowledged only once it is durable.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
@@ -31,11 +31,75 @@ pub struct Shared {
     /// Bumped after a commit that added outbox records (`outbox::add`), and when another process
     /// committed; outbox relays wait on it.
     pub outbox: watch::Sender<u64>,
+    /// Work counters of the writer thread.
+    pub counters: Counters,
+}
+
+/// Counters of the writer thread's work, for benchmarks and diagnostics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Transactions committed.
+    pub transactions: AtomicU64,
+    /// Commands executed in committed transactions.
+    pub commands: AtomicU64,
+}
+
+/// A snapshot of the writer thread's [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriterStats {
+    /// Transactions committed since the broker opened.
+    pub transactions: u64,
+    /// Commands (publish batches, claims, settlements, …) those transactions executed.
+    pub commands: u64,
+}
+
+impl Counters {
+    /// Current values.
+    pub fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where the writer hands a committed transaction's commands and replies, to be answered (and
+/// their payloads freed) on an async worker instead of the writer thread.
+pub type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(Cmd, Reply)>>;
+
+/// Starts the task that answers committed commands, when the caller runs on a multi-thread tokio
+/// runtime (its workers run whether or not anyone blocks on it). `None` otherwise: the writer
+/// then answers on its own thread.
+///
+/// Why: answering wakes each waiting task from a foreign thread (an injection and often a
+/// futex wake per task) and frees each command's payload (a publish's messages) on the one
+/// thread every command waits on. One wake per transaction moves that work to the workers.
+pub fn dispatcher() -> Option<Dispatch> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(Cmd, Reply)>>();
+    handle.spawn(async move {
+        while let Some(answers) = rx.recv().await {
+            for (cmd, reply) in answers {
+                cmd.answer(reply);
+            }
+        }
+    });
+    Some(tx)
 }
 
 /// Runs the writer loop until the channel closes or a `Shutdown` command arrives.
-pub fn run(cfg: SqliteConfig, conn: Connection, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
+pub fn run(
+    cfg: SqliteConfig,
+    conn: Connection,
+    rx: mpsc::Receiver<Cmd>,
+    shared: Arc<Shared>,
+    dispatch: Option<Dispatch>,
+) {
     let mut w = Writer {
+        dispatch,
         path: cfg.path.display().to_string(),
         busy_ms: u64::try_from(cfg.busy_timeout.as_millis()).unwrap_or(u64::MAX),
         cfg,
@@ -96,6 +160,7 @@ pub fn run(cfg: SqliteConfig, conn: Connection, rx: mpsc::Receiver<Cmd>, shared:
 }
 
 struct Writer {
+    dispatch: Option<Dispatch>,
     cfg: SqliteConfig,
     path: String,
     busy_ms: u64,
@@ -137,8 +202,17 @@ impl Writer {
                     self.shared.outbox.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 self.wake(&woke);
-                for (cmd, reply) in batch.drain(..).zip(replies) {
-                    cmd.answer(reply);
+                let answers: Vec<(Cmd, Reply)> = batch.drain(..).zip(replies).collect();
+                let undelivered = match &self.dispatch {
+                    Some(d) => d.send(answers).err().map(|e| e.0),
+                    None => Some(answers),
+                };
+                if let Some(answers) = undelivered {
+                    // No dispatcher, or its runtime is gone: answer here.
+                    self.dispatch = None;
+                    for (cmd, reply) in answers {
+                        cmd.answer(reply);
+                    }
                 }
             }
             Err(e) if batch.len() == 1 => {
@@ -197,6 +271,9 @@ impl Writer {
             }
         }
         tx.commit().map_err(map)?;
+        let c = &self.shared.counters;
+        c.transactions.fetch_add(1, Ordering::Relaxed);
+        c.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok((replies, woke))
     }
 }

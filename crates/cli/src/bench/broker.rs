@@ -61,6 +61,10 @@ pub struct BrokerRun {
     /// Time per message the same threads were runnable but waiting for a CPU, µs: how much
     /// the 2 cores were contended (by each other or by other processes).
     pub runq_wait_us_per_msg: BTreeMap<String, f64>,
+    /// Transactions the broker's writer committed during the run (group commit: fewer is better).
+    pub writer_transactions: u64,
+    /// Commands (publish batches, claims, settlements) per committed transaction.
+    pub commands_per_transaction: f64,
 }
 
 /// How long the run may go without any ack progress before it is declared stuck.
@@ -93,7 +97,8 @@ pub async fn run_on<H: EnvelopeHandler>(
     template: &Envelope,
     handler: H,
 ) -> anyhow::Result<BrokerRun> {
-    let bus = Bus::new(Arc::new(broker));
+    let broker = Arc::new(broker);
+    let bus = Bus::new(broker.clone());
     let consumer = bus
         .subscription(SUBSCRIPTION)
         .topic(EVENT_TYPE)
@@ -101,9 +106,14 @@ pub async fn run_on<H: EnvelopeHandler>(
         .handle_envelopes(handler)
         .await?;
     let before = sched_by_thread();
+    let writer_before = broker.writer_stats();
     let mut result = drive(&bus, &consumer, p, template).await;
+    let writer_after = broker.writer_stats();
     let after = sched_by_thread();
     if let Ok(r) = &mut result {
+        r.writer_transactions = writer_after.transactions - writer_before.transactions;
+        r.commands_per_transaction = (writer_after.commands - writer_before.commands) as f64
+            / r.writer_transactions.max(1) as f64;
         let per_msg = |pick: fn(&(u64, u64)) -> u64| -> BTreeMap<String, f64> {
             after
                 .iter()
@@ -196,6 +206,8 @@ async fn drive(
                 max_backlog_seen,
                 cpu_us_per_msg: BTreeMap::new(),
                 runq_wait_us_per_msg: BTreeMap::new(),
+                writer_transactions: 0,
+                commands_per_transaction: 0.0,
             });
         }
         if c.acked != last_acked {

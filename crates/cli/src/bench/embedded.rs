@@ -450,6 +450,15 @@ pub fn table(r: &EmbeddedReport) -> String {
             thousands(b.max_backlog_seen as f64)
         );
     }
+    if let Some(b) = r.broker_runs.first() {
+        let _ = writeln!(
+            o,
+            "broker writer: {} transactions for {} messages, {:.1} commands per transaction (run 1)",
+            thousands(b.writer_transactions as f64),
+            thousands(b.messages as f64),
+            b.commands_per_transaction
+        );
+    }
     if !r.cpu_us_per_msg.is_empty() {
         let fmt = |m: &BTreeMap<String, f64>| {
             m.iter()
