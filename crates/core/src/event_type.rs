@@ -189,17 +189,18 @@ fn split_version(name: &str) -> (&str, Option<u32>) {
     (name, None)
 }
 
-fn words(name: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, c) in name.char_indices().skip(1) {
-        if c.is_ascii_uppercase() {
-            out.push(&name[start..i]);
-            start = i;
+/// The number of PascalCase words of `name` (ASCII) and its last two words (the first of the
+/// two is empty when there is only one). Allocation-free: it runs for every message.
+fn last_words(name: &str) -> (usize, &str, &str) {
+    let (mut count, mut prev, mut last) = (1, 0, 0);
+    for (i, b) in name.bytes().enumerate().skip(1) {
+        if b.is_ascii_uppercase() {
+            count += 1;
+            (prev, last) = (last, i);
         }
     }
-    out.push(&name[start..]);
-    out
+    let before = if count >= 2 { &name[prev..last] } else { "" };
+    (count, before, &name[last..])
 }
 
 fn check(name: &str, kind: MessageKind) -> Result<(), String> {
@@ -219,8 +220,8 @@ fn check(name: &str, kind: MessageKind) -> Result<(), String> {
     if version == Some(0) || version == Some(1) {
         return Err("a version suffix starts at V2 (V1 is the unsuffixed name)".into());
     }
-    let w = words(base);
-    if w.len() < 2 {
+    let (count, before_last, last_word) = last_words(base);
+    if count < 2 {
         return Err(match kind {
             MessageKind::Event => "must be NounVerbPastTense, e.g. ArtifactCreated".into(),
             MessageKind::Command => "must be VerbNoun, e.g. AssignAgentTask".into(),
@@ -228,9 +229,9 @@ fn check(name: &str, kind: MessageKind) -> Result<(), String> {
     }
     if kind == MessageKind::Event {
         // A phrasal verb may end in a particle: `RuntimeDeploymentRolledBack`, `TenantSignedUp`.
-        let mut last = w[w.len() - 1];
-        if PARTICLES.contains(&last) && w.len() >= 3 {
-            last = w[w.len() - 2];
+        let mut last = last_word;
+        if PARTICLES.contains(&last) && count >= 3 {
+            last = before_last;
         }
         let past = |x: &str| x.ends_with("ed") || IRREGULAR_PAST.contains(&x);
         if !past(last) {

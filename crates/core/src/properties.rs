@@ -4,6 +4,7 @@
 //! transport can apply them natively (header bindings, subject filters, Service Bus rules) or in
 //! the client with the same results.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -136,9 +137,82 @@ impl From<f64> for PropertyValue {
 }
 
 /// An ordered map of application properties.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Reserved names (see [`names`]) are stored as static strings, not allocated per message: a
+/// message carries about ten of them, and they are built on every publish and decoded on every
+/// receive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(transparent)]
-pub struct Properties(BTreeMap<String, PropertyValue>);
+pub struct Properties(BTreeMap<Cow<'static, str>, PropertyValue>);
+
+/// Every reserved name, for [`key`].
+const RESERVED: [&str; 14] = [
+    names::EVENT_TYPE,
+    names::TENANT_ID,
+    names::SCHEMA_VERSION,
+    names::TRACE_ID,
+    names::CORRELATION_ID,
+    names::CAUSATION_ID,
+    names::EVENT_ID,
+    names::PROJECT_ID,
+    names::MODULE_ID,
+    names::MESSAGE_KIND,
+    names::REPLAYED,
+    names::DEAD_LETTER_REASON,
+    names::DEAD_LETTER_DESCRIPTION,
+    names::DEAD_LETTER_SOURCE,
+];
+
+/// A map key: the static reserved name equal to `name`, or an owned copy.
+fn key(name: &str) -> Cow<'static, str> {
+    match RESERVED
+        .iter()
+        .find(|r| r.len() == name.len() && **r == name)
+    {
+        Some(r) => Cow::Borrowed(r),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A key decoded straight into [`key`], without an intermediate `String`.
+        struct Key(Cow<'static, str>);
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a property name")
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                        Ok(Key(key(v)))
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = Properties;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of property names to scalars")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Properties, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((Key(k), v)) = m.next_entry::<Key, PropertyValue>()? {
+                    out.insert(k, v);
+                }
+                Ok(Properties(out))
+            }
+        }
+        d.deserialize_map(Map)
+    }
+}
 
 impl Properties {
     /// An empty map.
@@ -162,10 +236,10 @@ impl Properties {
     /// Sets a property, returning the previous value.
     pub fn insert(
         &mut self,
-        name: impl Into<String>,
+        name: impl AsRef<str>,
         value: impl Into<PropertyValue>,
     ) -> Option<PropertyValue> {
-        self.0.insert(name.into(), value.into())
+        self.0.insert(key(name.as_ref()), value.into())
     }
 
     /// Removes a property.
@@ -174,8 +248,8 @@ impl Properties {
     }
 
     /// Iterates in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &PropertyValue)> {
-        self.0.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &PropertyValue)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     /// Number of properties.
@@ -189,12 +263,46 @@ impl Properties {
     }
 }
 
-impl<K: Into<String>, V: Into<PropertyValue>> FromIterator<(K, V)> for Properties {
+impl<K: AsRef<str>, V: Into<PropertyValue>> FromIterator<(K, V)> for Properties {
     fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
         Properties(
             iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
+                .map(|(k, v)| (key(k.as_ref()), v.into()))
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_static_and_others_owned_through_every_entry_point() {
+        let json = r#"{"cs-event-id":"e1","cs-h-x":"h","custom\"name":2,"flag":true}"#;
+        let mut p: Properties = serde_json::from_str(json).unwrap();
+        p.insert(names::TENANT_ID, "acme");
+        p.insert(String::from("later"), 1.5);
+        let kinds: Vec<(&str, bool)> =
+            p.0.keys()
+                .map(|k| (k.as_ref(), matches!(k, Cow::Borrowed(_))))
+                .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("cs-event-id", true),
+                ("cs-h-x", false),
+                ("cs-tenant-id", true),
+                ("custom\"name", false),
+                ("flag", false),
+                ("later", false),
+            ]
+        );
+        assert_eq!(p.get_str("cs-event-id"), Some("e1"));
+        assert_eq!(p.get("custom\"name"), Some(&PropertyValue::Int(2)));
+        let back: Properties = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert!(serde_json::from_str::<Properties>(r#"{"a":[1]}"#).is_err());
+        assert!(serde_json::from_str::<Properties>(r#"["a"]"#).is_err());
     }
 }

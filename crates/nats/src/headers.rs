@@ -90,7 +90,7 @@ pub(crate) fn encode(props: &Properties, headers: &mut HeaderMap) {
             if !matches!(value, PropertyValue::String(_)) {
                 headers.append(TYPE_HEADER, format!("{}:{name}", type_code(value)));
             }
-            headers.insert(name.as_str(), text(value));
+            headers.insert(name, text(value));
         } else {
             let encoded =
                 serde_json::to_string(&(name, type_code(value), text(value))).unwrap_or_default();

@@ -33,7 +33,7 @@ fn headers(m: &OutgoingMessage) -> FieldTable {
             PropertyValue::Float(x) => AMQPValue::Double(*x),
             PropertyValue::Bool(b) => AMQPValue::Boolean(*b),
         };
-        t.insert(k.as_str().into(), v);
+        t.insert(k.into(), v);
     }
     t
 }

@@ -689,7 +689,7 @@ fn merge_props(tx: &Transaction<'_>, seq: i64, extra: &Properties) -> Result<(),
         .optional()?;
     let mut props = current.as_deref().map(parse_props).unwrap_or_default();
     for (k, v) in extra.iter() {
-        props.insert(k.clone(), v.clone());
+        props.insert(k, v.clone());
     }
     tx.prepare_cached("UPDATE messages SET props = ?1 WHERE seq = ?2")?
         .execute(params![props_json(&props), seq])?;

@@ -640,7 +640,7 @@ fn nats_headers(props: &Properties) -> async_nats::HeaderMap {
         if let Some(code) = code {
             h.append(NATS_TYPE_HEADER, format!("{code}:{name}"));
         }
-        h.insert(name.as_str(), text);
+        h.insert(name, text);
     }
     if let Some(id) = props.get_str(prop_names::EVENT_ID) {
         h.insert(async_nats::header::NATS_MESSAGE_ID, id);
@@ -680,7 +680,7 @@ fn amqp_headers(props: &Properties, enqueued_ms: i64) -> FieldTable {
             PropertyValue::Float(x) => AMQPValue::Double(*x),
             PropertyValue::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
         };
-        t.insert(ShortString::from(name.as_str()), v);
+        t.insert(ShortString::from(name), v);
     }
     t.insert(AMQP_ENQUEUED_AT.into(), AMQPValue::LongLongInt(enqueued_ms));
     t
