@@ -214,7 +214,7 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
         publishers: a.load.publishers,
         concurrency: a.load.concurrency,
         synchronous: a.load.synchronous,
-        max_backlog: a.load.max_backlog,
+        max_backlog: a.load.backlog_bound(),
     };
     let mut baseline_runs = Vec::new();
     let mut bare_runs = Vec::new();
@@ -280,7 +280,7 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
             batch: a.load.batch,
             publishers: a.load.publishers,
             consumer_concurrency: a.load.concurrency,
-            max_backlog: a.load.max_backlog,
+            max_backlog: a.load.backlog_bound(),
             payload_bytes: a.load.payload_bytes,
             body_bytes: body.len(),
             props_bytes: props.len(),

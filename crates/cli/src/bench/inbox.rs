@@ -283,7 +283,7 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
         publishers: a.load.publishers,
         concurrency: a.load.concurrency,
         synchronous: a.load.synchronous,
-        max_backlog: a.load.max_backlog,
+        max_backlog: a.load.backlog_bound(),
     };
     let mut baseline_runs = Vec::new();
     let mut inbox_runs = Vec::new();
@@ -317,7 +317,7 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
             batch: a.load.batch,
             publishers: a.load.publishers,
             consumer_concurrency: a.load.concurrency,
-            max_backlog: a.load.max_backlog,
+            max_backlog: a.load.backlog_bound(),
             aggregates: a.aggregates,
             payload_bytes: a.load.payload_bytes,
             latency_rate: a.load.rate,

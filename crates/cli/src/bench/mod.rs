@@ -104,9 +104,12 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,
     /// Publishers pause while more than this many messages are published but not yet
-    /// acknowledged (0: unbounded — pure saturation, the default).
-    #[arg(long, default_value_t = 0)]
-    pub max_backlog: u64,
+    /// acknowledged. Default: publishers × batch (enough to keep the consumer saturated, and a
+    /// table of the same order as the baseline loop's `batch` rows). 0: unbounded — the
+    /// publishers, faster than the consumer, pile up most of the run, so the figure becomes the
+    /// drain of a table that grows to the whole run.
+    #[arg(long)]
+    pub max_backlog: Option<u64>,
     /// Size of the envelope's JSON payload, in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
@@ -120,6 +123,14 @@ pub struct LoadArgs {
     /// directory on the disk you care about: a tmpfs makes fsync free.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    /// The backlog bound in effect: `--max-backlog`, or publishers × batch.
+    pub fn backlog_bound(&self) -> u64 {
+        self.max_backlog
+            .unwrap_or_else(|| self.publishers.saturating_mul(self.batch))
+    }
 }
 
 /// Prints a report: one JSON line (`--json`, with the missed targets on stderr) or the table.
