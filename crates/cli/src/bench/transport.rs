@@ -16,12 +16,13 @@
 //!   message id; RabbitMQ: content type, timestamp and the enqueue-time header too). The same
 //!   publish without any header is reported for reference. Bus: N real envelopes through
 //!   `Bus::publish_batch`, `--batch` (default: the window) per call, from `--publishers`
-//!   (default 2) concurrent callers sharing the transport's window, so that the bus, like the
+//!   (default 1) concurrent callers sharing the transport's window, so that the bus, like the
 //!   raw side, never has more than the window in flight. A call returns only once all its
 //!   messages are confirmed, so a single caller's window empties at the end of every call
 //!   (send, then wait for the last confirm, then prepare the next batch while the broker idles);
-//!   a second caller fills it meanwhile, as the raw side's sliding window does. The single
-//!   caller is measured too (on a bus of its own) and reported for reference.
+//!   with `--publishers 2` a second caller fills it meanwhile, as the raw side's sliding window
+//!   does, and the single caller is measured too (on a bus of its own) and reported for
+//!   reference. (On a CPU-saturated 2-core machine the two gave the same rate within noise.)
 //! - **R2, consume rate.** The backlog each side just published is consumed, the clock running
 //!   from the start of the consumer until all N are acknowledged. Raw, RabbitMQ: `basic.consume`
 //!   with prefetch = window, `basic.ack(multiple)` every 64 deliveries (and whenever no delivery
@@ -126,7 +127,7 @@ pub struct TransportArgs {
     /// Bus publish (R1): concurrent `Bus::publish_batch` callers. They share the transport's
     /// window (`--window` in flight in all, as on the raw side); with more than one, a single
     /// caller is measured too and reported for reference.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub publishers: u64,
     /// Size of the envelope's JSON payload, in bytes.
     #[arg(long, default_value_t = 256)]
