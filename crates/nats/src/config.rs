@@ -23,7 +23,9 @@ pub struct NatsConfig {
     /// Timeout of JetStream API calls, publish acknowledgements and confirmed settlements.
     /// Default 5 s.
     pub request_timeout: Duration,
-    /// Publish acknowledgements awaited concurrently within one `publish` call. Default 256.
+    /// Publish acknowledgements awaited concurrently: a window shared by every `publish` call
+    /// of the transport, so concurrent calls keep it full between them (a call still returns
+    /// only once its own messages are acknowledged). Default 256.
     pub publish_window: usize,
     /// Settle with a server-confirmed ("double") acknowledgement, so that a settlement that did
     /// not reach the server fails instead of being lost silently. Costs one round trip per

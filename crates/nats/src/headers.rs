@@ -14,7 +14,8 @@
 //! Headers starting with `Nats-` or `Eventyard-` are never properties. Headers from other
 //! publishers become string properties.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
+use eventyard_core::properties::names;
 use eventyard_core::{Properties, PropertyValue};
 
 /// Lists the names of typed (non-string) properties: `i:name`, `f:name`, `b:name`.
@@ -33,8 +34,42 @@ pub(crate) const DEAD_LETTER_TIME_HEADER: &str = "Eventyard-Dead-Letter-Time";
 pub(crate) const DEAD_LETTER_SEQUENCE_HEADER: &str = "Eventyard-Dead-Letter-Sequence";
 
 fn is_reserved(name: &str) -> bool {
-    let lower = |n: usize| name.get(..n).map(str::to_ascii_lowercase);
-    lower(5).as_deref() == Some("nats-") || lower(10).as_deref() == Some("eventyard-")
+    let starts = |prefix: &str| {
+        name.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    starts("nats-") || starts("eventyard-")
+}
+
+/// The property names every envelope carries, as header names made without parsing or
+/// allocating (the name of every other property is checked and copied by the client).
+static KNOWN_NAMES: [HeaderName; 11] = [
+    HeaderName::from_static(names::EVENT_ID),
+    HeaderName::from_static(names::EVENT_TYPE),
+    HeaderName::from_static(names::TENANT_ID),
+    HeaderName::from_static(names::SCHEMA_VERSION),
+    HeaderName::from_static(names::TRACE_ID),
+    HeaderName::from_static(names::CORRELATION_ID),
+    HeaderName::from_static(names::CAUSATION_ID),
+    HeaderName::from_static(names::PROJECT_ID),
+    HeaderName::from_static(names::MODULE_ID),
+    HeaderName::from_static(names::MESSAGE_KIND),
+    HeaderName::from_static(names::REPLAYED),
+];
+
+static TYPE_NAME: HeaderName = HeaderName::from_static(TYPE_HEADER);
+static PROP_NAME: HeaderName = HeaderName::from_static(PROP_HEADER);
+
+/// Inserts `value` under the plain header name `name`.
+fn insert_plain(headers: &mut HeaderMap, name: &str, value: String) {
+    match KNOWN_NAMES
+        .iter()
+        .find(|known| AsRef::<str>::as_ref(*known) == name)
+    {
+        Some(known) => headers.insert(known.clone(), value),
+        None => headers.insert(name, value),
+    }
 }
 
 fn plain_name(name: &str) -> bool {
@@ -88,13 +123,13 @@ pub(crate) fn encode(props: &Properties, headers: &mut HeaderMap) {
             };
         if plain {
             if !matches!(value, PropertyValue::String(_)) {
-                headers.append(TYPE_HEADER, format!("{}:{name}", type_code(value)));
+                headers.append(TYPE_NAME.clone(), format!("{}:{name}", type_code(value)));
             }
-            headers.insert(name, text(value));
+            insert_plain(headers, name, text(value));
         } else {
             let encoded =
                 serde_json::to_string(&(name, type_code(value), text(value))).unwrap_or_default();
-            headers.append(PROP_HEADER, encoded);
+            headers.append(PROP_NAME.clone(), encoded);
         }
     }
 }

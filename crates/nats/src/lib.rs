@@ -75,8 +75,10 @@
 //!
 //! # Publishing and durability
 //!
-//! `publish` sends the batch with up to `publish_window` (256) acknowledgements in flight and
-//! returns `Ok` only when every message was acknowledged by the server; any failure is an error
+//! `publish` sends the batch within the transport's publish window (`publish_window`, 256
+//! acknowledgements in flight, shared by concurrent calls: while one call waits for its last
+//! acknowledgements, another's messages take the freed places) and returns `Ok` only when every
+//! message of the call was acknowledged by the server; any failure is an error
 //! (a retried publish is deduplicated through `Nats-Msg-Id` within the two-minute window). A
 //! batch is not atomic ([`Capabilities::atomic_batch`](eventyard_core::Capabilities) is false),
 //! but every size check happens before anything is sent. JetStream acknowledges a publish when

@@ -1,6 +1,7 @@
 //! Publishing: headers, size checks, a window of publish acknowledgements, scheduled messages.
 
 use std::future::IntoFuture;
+use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
@@ -12,7 +13,6 @@ use eventyard_core::transport::check_name;
 use eventyard_core::{OutgoingMessage, Properties, TransportError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::time::Instant;
 
 use crate::error::{publish_error, unavailable};
 use crate::headers::{self, DELIVER_AT_HEADER, TARGET_HEADER};
@@ -85,8 +85,9 @@ fn prepare(
     Ok(prepared)
 }
 
-/// Publishes with up to `publish_window` acknowledgements in flight; returns once every message
-/// is acknowledged by the server, or with the first failure (after the rest settled).
+/// Publishes within the transport's publish window (shared by concurrent calls); returns once
+/// every message of this call is acknowledged by the server, or with the first failure (after
+/// the rest settled).
 pub(crate) async fn publish(
     shared: &Shared,
     topic: &str,
@@ -154,12 +155,13 @@ async fn send(shared: &Shared, p: Prepared) -> Result<PublishAckFuture, Failure>
     }
 }
 
-/// Sends prepared messages with up to `publish_window` acknowledgements outstanding, and awaits
-/// every acknowledgement. Each one is awaited concurrently and bounded from its send, so an
-/// outage costs one timeout, not one per message.
+/// Sends prepared messages, each once it holds a permit of the transport's publish window (so
+/// at most `publish_window` acknowledgements are outstanding across all concurrent calls), and
+/// awaits every acknowledgement of this call. Each one is awaited concurrently and bounded from
+/// its first poll (right after its send), so an outage costs one timeout, not one per message.
+/// A permit is released as soon as its acknowledgement (or failure) is in, so one caller's tail
+/// leaves room for the others.
 pub(crate) async fn send_all(shared: &Shared, prepared: Vec<Prepared>) -> Outcome {
-    let window = shared.cfg.publish_window.max(1);
-    let timeout = shared.cfg.request_timeout;
     let mut in_flight = FuturesUnordered::new();
     let mut no_stream = false;
     let mut failure: Option<TransportError> = None;
@@ -171,22 +173,26 @@ pub(crate) async fn send_all(shared: &Shared, prepared: Vec<Prepared>) -> Outcom
         }
     };
     for p in prepared {
-        while in_flight.len() >= window {
-            if let Some(result) = in_flight.next().await {
-                record(result);
+        // Settle what came in while waiting for a permit: this call's own finished
+        // acknowledgements hold permits until they are polled.
+        let permit = loop {
+            tokio::select! {
+                biased;
+                Some(result) = in_flight.next(), if !in_flight.is_empty() => record(result),
+                permit = Arc::clone(&shared.window).acquire_owned() => break permit,
             }
-        }
+        };
+        let Ok(permit) = permit else {
+            break; // never closed
+        };
         match send(shared, p).await {
             Ok(ack) => {
-                let deadline = Instant::now() + timeout;
+                // The acknowledgement future times out by itself (the context's `ack_timeout`
+                // is `request_timeout`), from its first poll, right after this push.
                 in_flight.push(async move {
-                    match tokio::time::timeout_at(deadline, ack.into_future()).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(classify(&e)),
-                        Err(_) => Err(Failure::Error(unavailable(format!(
-                            "publish not acknowledged within {timeout:?}"
-                        )))),
-                    }
+                    let result = ack.into_future().await.map(drop).map_err(|e| classify(&e));
+                    drop(permit);
+                    result
                 });
             }
             Err(failure) => {

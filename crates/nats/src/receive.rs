@@ -2,12 +2,16 @@
 //!
 //! Each receiver owns one inbox subscription (`<inbox>.*`); every pull request gets its own
 //! reply subject `<inbox>.<n>`, so the status that ends a request (408 timeout, 404 no
-//! messages, 409 consumer deleted) is matched to it. A `receive` call makes at most one
-//! `no_wait` request for up to `max` messages and, if that found nothing, long-polls for one
-//! message (server-side `expires` within the wait, at most 5 s per request). It never leaves a
-//! request open at the server when it returns normally, so messages are not locked to a receiver
-//! that is not asking for them; whatever still arrives later (from a cancelled call) is kept and
-//! returned by the next call, or released when the receiver is dropped.
+//! messages, 409 consumer deleted) is matched to it. A `receive` call asks for up to `max`
+//! messages with one `no_wait` request that also carries an `expires` within the wait (at most
+//! 5 s per request): the server answers at once with what is pending, or waits for the first
+//! message and then sends what is pending, and ends the request right after (a 408) — one round
+//! trip whether or not anything is waiting. (Only when the server refuses such a request because
+//! other receivers' requests already cover the pending messages does the call fall back to
+//! long-polling for one message.) It never leaves a request open at the server when it returns
+//! normally, so messages are not locked to a receiver that is not asking for them; whatever
+//! still arrives later (from a cancelled call) is kept and returned by the next call, or
+//! released when the receiver is dropped.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -101,6 +105,9 @@ pub(crate) struct NatsReceiver {
     meta: SubMeta,
     meta_loaded: Instant,
     pulls: VecDeque<Pull>,
+    /// The server refused a waiting `no_wait` request ("Requests Pending"): other receivers'
+    /// requests cover the pending messages. The rest of the call long-polls for one message.
+    contended: bool,
     ready: VecDeque<Delivery>,
     next_token: u64,
     closed: watch::Receiver<bool>,
@@ -144,6 +151,7 @@ impl NatsReceiver {
             meta,
             meta_loaded: Instant::now(),
             pulls: VecDeque::new(),
+            contended: false,
             ready: VecDeque::new(),
             next_token: 0,
             closed: shared.closed_signal(),
@@ -180,17 +188,21 @@ impl NatsReceiver {
         Ok(())
     }
 
-    /// Asks the server for up to `batch` messages: at once (`no_wait`) or waiting up to
-    /// `expires`.
+    /// Asks the server for up to `batch` messages. `no_wait`: the request ends as soon as what
+    /// is pending was sent — at once, or, with `expires`, once the first message came within
+    /// it. Otherwise it waits up to `expires` for the whole batch.
     async fn pull(
         &mut self,
         batch: usize,
+        no_wait: bool,
         expires: Option<Duration>,
     ) -> Result<(), TransportError> {
         self.next_token += 1;
         let token = self.next_token;
         let body = match expires {
-            Some(e) => json!({ "batch": batch, "expires": crate::api::nanos(e) }),
+            Some(e) => {
+                json!({ "batch": batch, "no_wait": no_wait, "expires": crate::api::nanos(e) })
+            }
             None => json!({ "batch": batch, "no_wait": true }),
         };
         let reply = format!("{}.{token}", self.inbox);
@@ -206,7 +218,7 @@ impl NatsReceiver {
         self.pulls.push_back(Pull {
             token,
             remaining: batch,
-            no_wait: expires.is_none(),
+            no_wait: no_wait || expires.is_none(),
             gone_at: Instant::now() + expires.unwrap_or_default() + REQUEST_GRACE,
             answered: false,
         });
@@ -274,6 +286,14 @@ impl NatsReceiver {
                         .is_some_and(|d| d.to_ascii_lowercase().contains("deleted"));
                 if deleted {
                     return Err(self.unknown());
+                }
+                if status == StatusCode::TIMEOUT
+                    && message
+                        .description
+                        .as_deref()
+                        .is_some_and(|d| d.to_ascii_lowercase().contains("pending"))
+                {
+                    self.contended = true;
                 }
                 if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
                     tracing::debug!(
@@ -420,46 +440,47 @@ impl Receiver for NatsReceiver {
         self.refresh_meta().await?;
         let deadline = later(Instant::now(), wait);
         let mut polled = false;
+        self.contended = false;
         loop {
             self.drain_arrived().await?;
             self.expire_pulls().await?;
             if self.ready.len() >= max {
                 break;
             }
-            let now = Instant::now();
-            let no_wait_open = self.pulls.iter().find(|p| p.no_wait).map(|p| p.gone_at);
-            if let Some(gone_at) = no_wait_open {
-                // A no_wait request answers at once: wait for its end.
+            if let Some(gone_at) = self.pulls.iter().find(|p| p.no_wait).map(|p| p.gone_at) {
+                // A no_wait request ends right after what it found: wait for its end.
                 self.wait(gone_at).await?;
                 continue;
             }
             if !self.ready.is_empty() {
                 break;
             }
-            if !polled {
-                polled = true;
-                self.pull(max, None).await?;
-                continue;
-            }
-            if now >= deadline {
+            let now = Instant::now();
+            if polled && now >= deadline {
                 break;
             }
-            if self.pulls.is_empty() {
-                let left = deadline - now;
-                if left < MIN_LONG_POLL {
-                    self.wait(deadline).await?;
-                    continue;
-                }
-                let expires = (left - LONG_POLL_MARGIN).min(MAX_LONG_POLL);
-                self.pull(1, Some(expires)).await?;
+            if !self.pulls.is_empty() {
+                // A long poll for one message (contended case) is open.
+                let until = self
+                    .pulls
+                    .iter()
+                    .map(|p| p.gone_at)
+                    .min()
+                    .map_or(deadline, |g| g.min(deadline));
+                self.wait(until).await?;
+                continue;
             }
-            let until = self
-                .pulls
-                .iter()
-                .map(|p| p.gone_at)
-                .min()
-                .map_or(deadline, |g| g.min(deadline));
-            self.wait(until).await?;
+            let left = deadline.saturating_duration_since(now);
+            let expires =
+                (left >= MIN_LONG_POLL).then(|| (left - LONG_POLL_MARGIN).min(MAX_LONG_POLL));
+            match expires {
+                // Too little wait left for a server-side wait: poll once, then sleep it out.
+                None if polled => self.wait(deadline).await?,
+                None => self.pull(max, true, None).await?,
+                Some(e) if self.contended => self.pull(1, false, Some(e)).await?,
+                Some(e) => self.pull(max, true, Some(e)).await?,
+            }
+            polled = true;
         }
         Ok(self.take(max))
     }

@@ -13,7 +13,7 @@ use eventyard_core::transport::check_name;
 use eventyard_core::{
     Capabilities, OutgoingMessage, Receiver, SubQueue, SubscriptionSpec, Transport, TransportError,
 };
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::api::Api;
@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub max_message_size: usize,
     /// Largest headers + body accepted at publish (leaves room for dead-letter headers).
     pub max_wire_size: usize,
+    /// The publish window: one permit per message awaiting its acknowledgement, shared by
+    /// every `publish` call of the transport (`cfg.publish_window` permits).
+    pub window: Arc<Semaphore>,
     closed: AtomicBool,
     close_tx: watch::Sender<bool>,
     topics: Mutex<HashSet<String>>,
@@ -213,6 +216,7 @@ impl NatsTransport {
                 api,
                 max_message_size,
                 max_wire_size: max_payload.saturating_sub(DEAD_LETTER_RESERVE),
+                window: Arc::new(Semaphore::new(cfg.publish_window.max(1))),
                 cfg,
                 closed: AtomicBool::new(false),
                 close_tx,

@@ -36,8 +36,9 @@ pub struct AmqpConfig {
     /// How long an operation keeps trying to reconnect after the connection dropped before
     /// failing with `Unavailable`. Default 30 s.
     pub reconnect_timeout: Duration,
-    /// Publisher-confirm window: messages of one `publish` in flight before the oldest confirm
-    /// is awaited. Default 256.
+    /// Publisher-confirm window: messages in flight awaiting their confirm, shared by every
+    /// `publish` of the transport (concurrent calls keep it full between them; a call still
+    /// returns only once its own messages are confirmed). Default 256.
     pub confirm_window: usize,
     /// Channels (in confirm mode) that publishes are spread over. Default 2.
     pub publisher_channels: usize,

@@ -110,6 +110,9 @@ impl Live {
 pub(crate) struct Manager {
     /// The configuration.
     pub config: AmqpConfig,
+    /// The confirm window: one permit per published message awaiting its confirm, shared by
+    /// every publish of the transport (`config.confirm_window` permits).
+    pub window: Arc<tokio::sync::Semaphore>,
     current: Mutex<Option<Arc<Live>>>,
     reconnecting: tokio::sync::Mutex<()>,
     generation: AtomicU64,
@@ -123,6 +126,7 @@ impl Manager {
         config.validate()?;
         let (close_tx, _) = watch::channel(false);
         let manager = Arc::new(Manager {
+            window: Arc::new(tokio::sync::Semaphore::new(config.confirm_window.max(1))),
             config,
             current: Mutex::new(None),
             reconnecting: tokio::sync::Mutex::new(()),

@@ -1,8 +1,11 @@
 //! Publishing with publisher confirms: pipelined over a window, retried across reconnects.
 //!
-//! A batch is published on one confirm-mode channel without waiting in between; once
-//! `confirm_window` messages are in flight the oldest confirm is awaited before the next
-//! publish. `send` returns `Ok` only when every message is confirmed; a nack fails it. When the
+//! A batch is published on one confirm-mode channel without waiting in between, each message
+//! once it holds a permit of the transport's confirm window (`confirm_window` messages in flight
+//! across all concurrent publishes); when none is free, the call's oldest confirm is awaited
+//! before the next publish. A permit is released as soon as its confirm is in, so while one
+//! call waits for its last confirms another's messages take the freed places. `send` returns
+//! `Ok` only when every message of the call is confirmed; a nack fails it. When the
 //! connection drops, the messages not yet confirmed are published again on the new connection
 //! (within `reconnect_timeout`), so a message is never silently dropped (it may be duplicated:
 //! delivery is at-least-once).
@@ -15,6 +18,7 @@ use eventyard_core::properties::names;
 use eventyard_core::{OutgoingMessage, TransportError};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, ErrorKind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::connection::{BACKEND, Live, Manager, is_connection_error, is_not_found, lock, map_err};
@@ -195,7 +199,7 @@ async fn attempt(
     prefix: &str,
     messages: &[Outgoing],
     todo: &[usize],
-    window: usize,
+    window: &Arc<Semaphore>,
     forced: &HashSet<u64>,
 ) -> Attempt {
     let mut confirmed = vec![false; messages.len()];
@@ -220,11 +224,20 @@ async fn attempt(
             };
         }
     };
-    let mut inflight = VecDeque::with_capacity(window.min(todo.len()));
-    let mut next = todo.iter().copied();
+    let mut inflight: VecDeque<(usize, _, OwnedSemaphorePermit)> = VecDeque::new();
+    let mut next = todo.iter().copied().peekable();
     loop {
-        // Keep the window full, then settle the oldest confirm.
-        while inflight.len() < window {
+        // Publish while the window has room, then settle the oldest confirm.
+        while next.peek().is_some() {
+            let permit = match Arc::clone(window).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) if !inflight.is_empty() => break,
+                // Nothing of ours in flight: wait for another publish's confirms.
+                Err(_) => match Arc::clone(window).acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => break, // never closed
+                },
+            };
             let Some(i) = next.next() else { break };
             let m = &messages[i];
             let (exchange, routing_key, mandatory) = m.route(prefix);
@@ -242,7 +255,7 @@ async fn attempt(
                 )
                 .await
             {
-                Ok(confirm) => inflight.push_back((i, confirm)),
+                Ok(confirm) => inflight.push_back((i, confirm, permit)),
                 Err(error) => {
                     return Attempt::Failed {
                         unconfirmed: unconfirmed(&confirmed),
@@ -251,10 +264,12 @@ async fn attempt(
                 }
             }
         }
-        let Some((i, confirm)) = inflight.pop_front() else {
+        let Some((i, confirm, permit)) = inflight.pop_front() else {
             return Attempt::Done { returned };
         };
-        match confirm.await {
+        let confirmation = confirm.await;
+        drop(permit);
+        match confirmation {
             Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => confirmed[i] = true,
             Ok(Confirmation::Ack(Some(_))) => returned.push(i),
             Ok(Confirmation::Nack(_)) => return Attempt::Nacked,
@@ -294,7 +309,7 @@ async fn send_as(
         return Ok(());
     }
     let prefix = manager.config.prefix.as_str();
-    let window = manager.config.confirm_window;
+    let window = &manager.window;
     let deadline = Instant::now() + manager.config.reconnect_timeout;
     let mut todo: Vec<usize> = (0..messages.len()).collect();
     let mut forced = HashSet::new();

@@ -115,6 +115,11 @@ impl AmqpReceiver {
 
     /// Starts a consumer, waits for a first delivery (or the deadline, or close), then cancels
     /// it and collects everything delivered to it.
+    ///
+    /// (The cancel cannot go out right behind the consume to save the wait: the broker's
+    /// channel registers a consumer only when its queue confirmed it, and answers a cancel of a
+    /// consumer it does not know yet with a cancel-ok — leaving the consumer running, its
+    /// deliveries unread and locked.)
     async fn pull(
         &mut self,
         rx: &RxChannel,
@@ -122,12 +127,10 @@ impl AmqpReceiver {
         deadline: Instant,
     ) -> Result<Pulled, lapin::Error> {
         let prefetch = u16::try_from(max).unwrap_or(u16::MAX);
-        if self.prefetch != prefetch {
-            rx.channel
-                .basic_qos(prefetch, BasicQosOptions { global: false })
-                .await?;
-            self.prefetch = prefetch;
-        }
+        // A new prefetch goes out in the same write as the consume (lapin matches the replies),
+        // so a changed `max` costs no extra round trip; it applies to consumers started after it.
+        let qos = (self.prefetch != prefetch).then_some(prefetch);
+        self.prefetch = 0; // unknown until the qos-ok is in
         let tag = format!("eventyard-{}-{}", self.id, self.next_consumer);
         self.next_consumer += 1;
         let (channel, queue, slot) = (
@@ -136,21 +139,32 @@ impl AmqpReceiver {
             self.starting.clone(),
         );
         let starting = tokio::spawn(async move {
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let set_qos = async {
+                match qos {
+                    Some(n) => {
+                        channel
+                            .basic_qos(n, BasicQosOptions { global: false })
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let consume = channel.basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            );
+            let (qos_set, consumer) = tokio::join!(set_qos, consume);
+            let consumer = consumer?;
             *lock(&slot) = Some((consumer, tag));
-            Ok::<(), lapin::Error>(())
+            qos_set
         });
         match starting.await {
             Ok(result) => result?,
             Err(e) => return Err(std::io::Error::other(format!("consumer start: {e}")).into()),
         }
+        self.prefetch = prefetch;
         let Some(started) = lock(&self.starting).take() else {
             return Ok(Pulled::Ok);
         };

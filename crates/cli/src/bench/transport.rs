@@ -15,8 +15,14 @@
 //!   body and the same headers (the `cs-*` properties, typed as the transport types them, the
 //!   message id; RabbitMQ: content type, timestamp and the enqueue-time header too). The same
 //!   publish without any header is reported for reference. Bus: N real envelopes through
-//!   `Bus::publish_batch`, `--batch` (default: the window) per call; the transport keeps up to
-//!   the window in flight inside a call and returns once all are confirmed.
+//!   `Bus::publish_batch`, `--batch` (default: the window) per call, from `--publishers`
+//!   (default 1) concurrent callers sharing the transport's window, so that the bus, like the
+//!   raw side, never has more than the window in flight. A call returns only once all its
+//!   messages are confirmed, so a single caller's window empties at the end of every call
+//!   (send, then wait for the last confirm, then prepare the next batch while the broker idles);
+//!   with `--publishers 2` a second caller fills it meanwhile, as the raw side's sliding window
+//!   does, and the single caller is measured too (on a bus of its own) and reported for
+//!   reference. (On a CPU-saturated 2-core machine the two gave the same rate within noise.)
 //! - **R2, consume rate.** The backlog each side just published is consumed, the clock running
 //!   from the start of the consumer until all N are acknowledged. Raw, RabbitMQ: `basic.consume`
 //!   with prefetch = window, `basic.ack(multiple)` every 64 deliveries (and whenever no delivery
@@ -118,6 +124,11 @@ pub struct TransportArgs {
     /// Envelopes per `Bus::publish_batch` call (default: the window).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
+    /// Bus publish (R1): concurrent `Bus::publish_batch` callers. They share the transport's
+    /// window (`--window` in flight in all, as on the raw side); with more than one, a single
+    /// caller is measured too and reported for reference.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub publishers: u64,
     /// Size of the envelope's JSON payload, in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
@@ -206,8 +217,10 @@ pub struct Round {
     pub raw_consume: Phase,
     /// Raw consume with plain (unconfirmed) acks, when the transport confirms its acks.
     pub raw_consume_plain_acks: Option<Phase>,
-    /// `Bus::publish_batch`.
+    /// `Bus::publish_batch` from `publishers` callers.
     pub bus_publish: Phase,
+    /// `Bus::publish_batch` from one caller (reference), when `publishers` > 1.
+    pub bus_publish_one_caller: Option<Phase>,
     /// Runtime consumer.
     pub bus_consume: Phase,
     /// Bus consumer settle errors, retries and dead-letters (all should be 0).
@@ -242,6 +255,24 @@ pub struct Comparison {
     /// Another raw variant, for reference (not the baseline).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<Reference>,
+    /// Another bus variant, for reference (not the one measured against the target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_reference: Option<BusReference>,
+}
+
+/// A bus variant shown for reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct BusReference {
+    /// What differs from the measured bus side.
+    pub what: String,
+    /// Median rate, msg/s.
+    pub rate: f64,
+    /// `rate / raw` (the raw baseline).
+    pub ratio: f64,
+    /// Rates per round.
+    pub runs: Vec<f64>,
+    /// Where the time went (medians).
+    pub costs: Costs,
 }
 
 /// A raw variant shown for reference.
@@ -310,6 +341,8 @@ pub struct Settings {
     pub window: u64,
     /// Envelopes per `Bus::publish_batch` call.
     pub batch: u64,
+    /// Concurrent `Bus::publish_batch` callers (sharing the transport's window).
+    pub publishers: u64,
     /// Messages per throughput phase.
     pub messages: u64,
     /// Rounds.
@@ -1189,6 +1222,7 @@ struct Bench {
     url: String,
     window: u64,
     batch: u64,
+    publishers: u64,
     messages: u64,
     material: Material,
     raw: Raw,
@@ -1369,35 +1403,72 @@ impl Bench {
         }
     }
 
-    /// The bus phases of one round: publish the backlog, consume it.
-    async fn bus_round(&self, prefix: &str) -> anyhow::Result<(Phase, Phase, u64)> {
+    /// The bus phases of one round: publish the backlog, consume it; with several publishers,
+    /// then the single-caller publish on a bus of its own (reference).
+    async fn bus_round(&self, prefix: &str) -> anyhow::Result<(Phase, Phase, u64, Option<Phase>)> {
         let side = self.open_bus(prefix).await?;
         let result = self.bus_phases(&side).await;
         let closed = self.close_bus(side).await;
-        let r = result?;
+        let (publish, consume, anomalies) = result?;
         closed?;
-        Ok(r)
+        let one_caller = if self.publishers > 1 {
+            let side = self.open_bus(&format!("{prefix}-one")).await?;
+            let result = async {
+                self.declare_bus_subscription(&side).await?;
+                self.bus_publish(&side, 1).await
+            }
+            .await;
+            let closed = self.close_bus(side).await;
+            let phase = result?;
+            closed?;
+            Some(phase)
+        } else {
+            None
+        };
+        Ok((publish, consume, anomalies, one_caller))
+    }
+
+    async fn declare_bus_subscription(&self, side: &BusSide) -> anyhow::Result<()> {
+        side.bus
+            .subscription(SUBSCRIPTION)
+            .topic(side.topic.as_str())
+            .concurrency(self.window())
+            .declare()
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes the N envelopes of a phase through `Bus::publish_batch`, `--batch` per call,
+    /// from `publishers` concurrent callers (each taking the next batch when its call returns).
+    async fn bus_publish(&self, side: &BusSide, publishers: u64) -> anyhow::Result<Phase> {
+        let n = self.messages;
+        let template = &self.material.template;
+        let left = AtomicU64::new(n);
+        let take = || {
+            left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                l.checked_sub(self.batch.min(l)).filter(|_| l > 0)
+            })
+            .map(|l| self.batch.min(l))
+        };
+        let timer = Timer::start(self.probe);
+        let callers = (0..publishers).map(|_| async {
+            while let Ok(k) = take() {
+                let envs: Vec<Envelope> = (0..k).map(|_| workload::next(template)).collect();
+                side.bus.publish_batch(envs).await?;
+            }
+            anyhow::Ok(())
+        });
+        for r in futures::future::join_all(callers).await {
+            r?;
+        }
+        Ok(timer.stop(n))
     }
 
     async fn bus_phases(&self, side: &BusSide) -> anyhow::Result<(Phase, Phase, u64)> {
         let n = self.messages;
         let concurrency = self.window();
-        side.bus
-            .subscription(SUBSCRIPTION)
-            .topic(side.topic.as_str())
-            .concurrency(concurrency)
-            .declare()
-            .await?;
-        let template = &self.material.template;
-        let timer = Timer::start(self.probe);
-        let mut left = n;
-        while left > 0 {
-            let k = self.batch.min(left);
-            let envs: Vec<Envelope> = (0..k).map(|_| workload::next(template)).collect();
-            side.bus.publish_batch(envs).await?;
-            left -= k;
-        }
-        let publish = timer.stop(n);
+        self.declare_bus_subscription(side).await?;
+        let publish = self.bus_publish(side, self.publishers).await?;
 
         let timer = Timer::start(self.probe);
         let consumer = side
@@ -1443,7 +1514,7 @@ impl Bench {
             (self.raw_round(&raw_name).await?, bus)
         };
         let (raw_publish_bare, raw_publish, raw_consume, raw_consume_plain_acks) = raw;
-        let (bus_publish, bus_consume, bus_anomalies) = bus;
+        let (bus_publish, bus_consume, bus_anomalies, bus_publish_one_caller) = bus;
         Ok(Round {
             round,
             order: if raw_first { "raw-first" } else { "bus-first" },
@@ -1452,6 +1523,7 @@ impl Bench {
             raw_consume,
             raw_consume_plain_acks,
             bus_publish,
+            bus_publish_one_caller,
             bus_consume,
             bus_anomalies,
         })
@@ -1799,7 +1871,23 @@ fn compare(
         raw_costs,
         bus_costs,
         reference: None,
+        bus_reference: None,
     }
+}
+
+fn bus_reference(
+    rounds: &[Round],
+    pick: fn(&Round) -> Option<&Phase>,
+    raw: f64,
+    what: &str,
+) -> Option<BusReference> {
+    reference(rounds, pick, raw, what).map(|r| BusReference {
+        ratio: ratio(r.rate, raw),
+        what: r.what,
+        rate: r.rate,
+        runs: r.runs,
+        costs: r.costs,
+    })
 }
 
 fn reference(
@@ -1880,6 +1968,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         url: a.url.clone(),
         window: a.window,
         batch: a.batch.unwrap_or(a.window),
+        publishers: a.publishers,
         messages,
         raw,
         tag: unique_tag(),
@@ -1983,8 +2072,9 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         ),
     };
     let bus_pub_path = format!(
-        "Bus::publish_batch, {} envelopes per call (transport window {})",
-        bench.batch, a.window
+        "Bus::publish_batch, {} envelopes per call, {} concurrent caller(s) sharing the \
+         transport window {} (a call returns once its own messages are confirmed)",
+        bench.batch, bench.publishers, a.window
     );
     let mut publish = compare(
         &rounds,
@@ -1998,6 +2088,12 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         |r| Some(&r.raw_publish_bare),
         publish.bus,
         "raw publish of the same body without any header",
+    );
+    publish.bus_reference = bus_reference(
+        &rounds,
+        |r| r.bus_publish_one_caller.as_ref(),
+        publish.raw,
+        "bus publish from one caller",
     );
     let mut consume = compare(
         &rounds,
@@ -2047,6 +2143,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             ack_vs_fsync,
             window: a.window,
             batch: bench.batch,
+            publishers: bench.publishers,
             messages,
             runs: a.runs,
             payload_bytes: a.payload_bytes,
@@ -2090,7 +2187,7 @@ pub fn table(r: &TransportReport) -> String {
         o,
         "window {} in flight (confirms, prefetch, consumer concurrency); bus batch {}; {} messages \
          per phase; payload {} B → body {} B (envelope JSON) + {} properties as headers (~{} B), \
-         both sides; {} rounds, medians; raw/bus order alternates by round",
+         both sides; {} rounds, medians; raw/bus order alternates by round; bus publishers {}",
         s.window,
         s.batch,
         thousands(s.messages as f64),
@@ -2098,7 +2195,8 @@ pub fn table(r: &TransportReport) -> String {
         s.body_bytes,
         s.header_properties,
         s.header_bytes,
-        s.runs
+        s.runs,
+        s.publishers
     );
     let _ = writeln!(o, "acks: {}", s.ack_policy);
     let _ = writeln!(o);
@@ -2153,6 +2251,15 @@ pub fn table(r: &TransportReport) -> String {
         p.bus,
         &p.bus_costs,
     );
+    if let Some(x) = &p.bus_reference {
+        row(
+            &mut o,
+            "   bus, one caller (reference)",
+            &x.runs,
+            x.rate,
+            &x.costs,
+        );
+    }
     let c = &r.consume;
     row(
         &mut o,
@@ -2197,6 +2304,9 @@ pub fn table(r: &TransportReport) -> String {
     }
     if let Some(x) = &p.reference {
         let _ = writeln!(o, "  (bus publish / {}: {:.3})", x.what, x.bus_ratio);
+    }
+    if let Some(x) = &p.bus_reference {
+        let _ = writeln!(o, "  ({} / raw publish: {:.3})", x.what, x.ratio);
     }
     if let Some(x) = &c.reference {
         let _ = writeln!(o, "  (bus consume / {}: {:.3})", x.what, x.bus_ratio);
