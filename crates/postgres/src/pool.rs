@@ -1,8 +1,9 @@
 //! A small set of reconnecting connections with the outbox statements prepared on each.
 //!
 //! Every store operation is a single statement (claims and cleanups are server-side functions),
-//! so connections are shared, not checked out: calls go round-robin over the slots and
-//! tokio-postgres pipelines concurrent calls on one connection. A slot whose connection has
+//! so connections are shared, not checked out: calls go round-robin over the slots (a relay's
+//! calls all go to one slot, see [`Pool::get_for`]) and tokio-postgres pipelines concurrent
+//! calls on one connection. A slot whose connection has
 //! closed (server restart, network loss) reconnects on its next use; while the server is down
 //! that fails fast with [`OutboxError::Unavailable`] and the caller (the relay) backs off.
 
@@ -67,7 +68,21 @@ impl Pool {
 
     /// A live connection (reconnecting the chosen slot if needed).
     pub(crate) async fn get(&self) -> Result<Arc<Conn>, OutboxError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.slot(i).await
+    }
+
+    /// The connection of `owner` (a relay): always the same slot for one owner, so that its
+    /// calls are pipelined on one connection and the server runs them in the order they were
+    /// issued. The relay issues the mark of one batch and then the claim of the next at once:
+    /// on two connections the claim could run before the mark committed and find every key
+    /// still leased by the marked batch, and come back empty.
+    pub(crate) async fn get_for(&self, owner: &str) -> Result<Arc<Conn>, OutboxError> {
+        self.slot(crate::schema::lock_key(owner) as usize).await
+    }
+
+    async fn slot(&self, n: usize) -> Result<Arc<Conn>, OutboxError> {
+        let i = n % self.slots.len();
         let mut slot = self.slots[i].lock().await;
         if let Some(c) = slot.as_ref()
             && !c.client.is_closed()

@@ -329,7 +329,7 @@ impl OutboxStore for PgOutbox {
         let window = max
             .saturating_mul(CLAIM_WINDOW_FACTOR)
             .max(CLAIM_WINDOW_MIN);
-        let conn = self.inner.pool.get().await?;
+        let conn = self.inner.pool.get_for(relay).await?;
         let rows = conn
             .client
             .query(&conn.claim, &[&relay, &max, &secs(lease), &window])
@@ -347,7 +347,7 @@ impl OutboxStore for PgOutbox {
         // Sorted: concurrent updates lock rows in the same order.
         let mut ids = ids.to_vec();
         ids.sort_unstable();
-        let conn = self.inner.pool.get().await?;
+        let conn = self.inner.pool.get_for(relay).await?;
         conn.client
             .execute(&conn.mark, &[&ids, &relay])
             .await
@@ -366,7 +366,7 @@ impl OutboxStore for PgOutbox {
         }
         let mut ids = ids.to_vec();
         ids.sort_unstable();
-        let conn = self.inner.pool.get().await?;
+        let conn = self.inner.pool.get_for(relay).await?;
         conn.client
             .execute(&conn.release, &[&ids, &relay, &secs(retry_after)])
             .await
@@ -378,7 +378,7 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn park(&self, relay: &str, id: i64, reason: &str) -> Result<(), OutboxError> {
-        let conn = self.inner.pool.get().await?;
+        let conn = self.inner.pool.get_for(relay).await?;
         conn.client
             .execute(&conn.park, &[&id, &relay, &reason])
             .await

@@ -519,11 +519,13 @@ impl Relay {
             // group commit where the store and the transport share one): the records of this
             // batch are leased, so the next claim cannot hold the successors of their keys.
             // With a few keys every one of them is in this batch and the claim comes back
-            // empty: then the relay stops claiming ahead for a while.
+            // empty: then the relay stops claiming ahead for a while. The mark and the claim
+            // are sent first: they are ready at once, while the publish first builds its
+            // messages, so a single-writer store starts on them instead of waiting idle.
             let ahead_now = self.ahead_misses.is_multiple_of(16);
-            let (settled, (unmarked, claimed)) = tokio::join!(
-                self.publish(batch),
-                self.mark_and_claim(to_mark.take(), ahead_now)
+            let ((unmarked, claimed), settled) = tokio::join!(
+                self.mark_and_claim(to_mark.take(), ahead_now),
+                self.publish(batch)
             );
             if let Some((ids, created)) = unmarked {
                 self.mark(ids, created, &mut stop).await;

@@ -16,11 +16,14 @@
 //!   `leased_until` (µs; 0 when not leased).
 //!
 //! Optionally ([`SqliteSagaStore::batch_commits`]), concurrent commits are gathered into one
-//! writer command, each in a savepoint of its own.
+//! writer command.
 //!
-//! A commit's hot path is three statements plus one per emitted event: the version-checked
-//! `UPDATE` (or `INSERT` for a new instance), the history `INSERT`, the outbox rows. Only when the
-//! update matches no row does the store read the row to tell a conflict from a duplicate.
+//! A commit's hot path is two statements plus the outbox rows of each emitted event: the history
+//! `INSERT`, the version-checked `UPDATE` (or `INSERT` for a new instance), the outbox rows. A
+//! refused commit writes nothing: a duplicate event (or a version another commit took) fails the
+//! history insert, and an update that matches no row deletes the history entry again; only then
+//! does the store read the row to tell a conflict from a duplicate. The instance data and the
+//! outbox properties are encoded on the caller's task, not on the writer thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,9 +91,50 @@ pub struct SqliteSagaStore {
     batching: bool,
 }
 
+/// A commit checked and encoded (instance data, outbox properties) on the caller's task, so
+/// that the writer thread, which every commit of the data file goes through, only runs its
+/// statements.
+struct Prepared {
+    commit: SagaCommit,
+    /// The instance data, JSON.
+    data: String,
+    /// The emitted events' properties, JSON (see [`crate::outbox::encode`]), in order.
+    props: Vec<String>,
+    /// The scheduled timeouts' envelopes, JSON, in order.
+    envelopes: Vec<String>,
+}
+
+impl Prepared {
+    fn new(commit: SagaCommit) -> Result<Self, SagaError> {
+        check_commit(&commit)?;
+        let data = serde_json::to_string(&commit.instance.data)
+            .map_err(|e| SagaError::Serialization(format!("saga data: {e}")))?;
+        let props = commit
+            .events
+            .iter()
+            .map(crate::outbox::encode)
+            .collect::<Result<_, _>>()
+            .map_err(SagaError::from)?;
+        let envelopes = commit
+            .schedule
+            .iter()
+            .map(|t| {
+                String::from_utf8(t.envelope.to_json())
+                    .map_err(|e| SagaError::Serialization(format!("timeout envelope: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Prepared {
+            commit,
+            data,
+            props,
+            envelopes,
+        })
+    }
+}
+
 /// A commit waiting for the batcher, with where its result goes.
 struct Queued {
-    commit: SagaCommit,
+    commit: Prepared,
     reply: oneshot::Sender<Result<u64, SagaError>>,
 }
 
@@ -127,7 +171,10 @@ impl SqliteSagaStore {
     /// Whether concurrent commits are gathered into one writer command by the store (default:
     /// no: each commit is a writer command of its own, folded into the writer's group commit).
     /// Measured on a loaded 2-core machine (`yard bench saga`, 64 in flight), gathering was
-    /// slower (ratio ≈ 0.3–0.4 against ≈ 0.5–0.6 without): kept for comparison.
+    /// slower (ratio ≈ 0.3–0.4 against ≈ 0.5–0.6 without): the one savepoint around the
+    /// gathered commits keeps the original of every page they change in SQLite's statement
+    /// journal, which outgrows its in-memory size and goes to a temporary file (created,
+    /// written and deleted each transaction, ≈ 25 % of the writer thread). Kept for comparison.
     pub fn batch_commits(mut self, on: bool) -> Self {
         self.batching = on;
         self
@@ -143,10 +190,10 @@ impl SqliteSagaStore {
     }
 
     /// The batcher's task: while commits are queued, lets the tasks that are about to commit
-    /// queue theirs (one yield: no timer), then sends them all as one writer command — each in
-    /// a savepoint of its own, so one refused commit (conflict, duplicate) writes nothing and
-    /// the others still commit. One command at a time: commits queued during its fsync go
-    /// together in the next one.
+    /// queue theirs (one yield: no timer), then sends them all as one writer command (one
+    /// savepoint): a refused commit (conflict, duplicate) writes nothing (see [`commit_tx`])
+    /// and the others still commit; a database error fails them all. One command at a time:
+    /// commits queued during its fsync go together in the next one.
     async fn flush(self) {
         loop {
             tokio::task::yield_now().await;
@@ -159,14 +206,21 @@ impl SqliteSagaStore {
                 }
                 continue;
             }
-            let (commits, replies): (Vec<SagaCommit>, Vec<_>) =
+            let (commits, replies): (Vec<Prepared>, Vec<_>) =
                 batch.into_iter().map(|q| (q.commit, q.reply)).unzip();
             let results = self
-                .run(move |tx| Ok(commits.iter().map(|c| commit_savepoint(tx, c)).collect()))
+                .run(move |tx| {
+                    commits
+                        .iter()
+                        .map(|c| match commit_tx(tx, c) {
+                            Err(e) if !is_refusal(&e) => Err(e),
+                            r => Ok(r),
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
                 .await;
             match results {
                 Ok(results) => {
-                    let results: Vec<Result<u64, SagaError>> = results;
                     for (reply, r) in replies.into_iter().zip(results) {
                         let _ = reply.send(r);
                     }
@@ -305,18 +359,46 @@ fn processed(
 }
 
 /// The commit, inside the writer's transaction (see the module doc).
-fn commit_tx(tx: &Transaction<'_>, c: &SagaCommit) -> Result<u64, SagaError> {
-    check_commit(c)?;
+///
+/// A refusal — [`SagaError::Conflict`], [`SagaError::Duplicate`], [`SagaError::Invalid`] —
+/// leaves nothing written, so that several commits can share one savepoint (see `flush`):
+/// the history entry goes first (its unique indexes refuse a duplicate event, or a version
+/// another commit took, without writing), then the version-checked instance write, whose miss
+/// deletes that entry again. Any other error is the database's: the enclosing savepoint must
+/// be rolled back.
+fn commit_tx(tx: &Transaction<'_>, p: &Prepared) -> Result<u64, SagaError> {
+    let (c, data) = (&p.commit, &p.data);
     let i = &c.instance;
     let version = c
         .expected_version
         .checked_add(1)
         .ok_or_else(|| SagaError::Invalid("version overflow".into()))?;
     let new_version = sql_version(version)?;
-    let data = serde_json::to_string(&i.data)
-        .map_err(|e| SagaError::Serialization(format!("saga data: {e}")))?;
     let now = now_us();
     let updated = i.updated_at.timestamp_micros();
+    let h = &c.history;
+    match tx
+        .prepare_cached(
+            "INSERT INTO saga_history
+               (saga, key, version, event_id, event_type, from_state, to_state, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                i.saga,
+                i.key,
+                new_version,
+                h.event_id,
+                h.event_type,
+                h.from_state,
+                h.to_state,
+                now
+            ])
+        }) {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Err(explain_miss(tx, c)?),
+        Err(e) => return Err(db_error(e)),
+    }
     let written = if c.expected_version == 0 {
         match tx
             .prepare_cached(
@@ -361,59 +443,29 @@ fn commit_tx(tx: &Transaction<'_>, c: &SagaCommit) -> Result<u64, SagaError> {
         .map_err(db_error)?
     };
     if written == 0 {
+        tx.prepare_cached("DELETE FROM saga_history WHERE saga = ?1 AND key = ?2 AND version = ?3")
+            .and_then(|mut s| s.execute(params![i.saga, i.key, new_version]))
+            .map_err(db_error)?;
         return Err(explain_miss(tx, c)?);
     }
-    let h = &c.history;
-    match tx
-        .prepare_cached(
-            "INSERT INTO saga_history
-               (saga, key, version, event_id, event_type, from_state, to_state, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                i.saga,
-                i.key,
-                new_version,
-                h.event_id,
-                h.event_type,
-                h.from_state,
-                h.to_state,
-                now
-            ])
-        }) {
-        Ok(_) => {}
-        Err(e) if is_unique_violation(&e) => return Err(duplicate(c)),
-        Err(e) => return Err(db_error(e)),
+    for (event, props) in c.events.iter().zip(&p.props) {
+        crate::outbox::add_encoded(tx, event, props).map_err(SagaError::from)?;
     }
-    crate::outbox::add_all(tx, &c.events).map_err(SagaError::from)?;
-    timeouts_tx(tx, c)?;
+    timeouts_tx(tx, p)?;
     Ok(version)
 }
 
-/// [`commit_tx`] in a savepoint of its own: rolled back alone when it fails.
-fn commit_savepoint(tx: &Transaction<'_>, c: &SagaCommit) -> Result<u64, SagaError> {
-    let sql = |s: &str| {
-        tx.prepare_cached(s)
-            .and_then(|mut st| st.execute([]))
-            .map_err(db_error)
-    };
-    sql("SAVEPOINT saga_commit")?;
-    match commit_tx(tx, c) {
-        Ok(v) => {
-            sql("RELEASE saga_commit")?;
-            Ok(v)
-        }
-        Err(e) => {
-            sql("ROLLBACK TO saga_commit")?;
-            sql("RELEASE saga_commit")?;
-            Err(e)
-        }
-    }
+/// True for the errors after which [`commit_tx`] wrote nothing (the commit's own refusals).
+fn is_refusal(e: &SagaError) -> bool {
+    matches!(
+        e,
+        SagaError::Conflict { .. } | SagaError::Duplicate { .. } | SagaError::Invalid(_)
+    )
 }
 
 /// The commit's timeout changes: the fired one, cancellations, completion, new schedules.
-fn timeouts_tx(tx: &Transaction<'_>, c: &SagaCommit) -> Result<(), SagaError> {
+fn timeouts_tx(tx: &Transaction<'_>, p: &Prepared) -> Result<(), SagaError> {
+    let c = &p.commit;
     let i = &c.instance;
     if let Some(id) = &c.fired {
         tx.prepare_cached("DELETE FROM saga_timeouts WHERE id = ?1")
@@ -431,9 +483,7 @@ fn timeouts_tx(tx: &Transaction<'_>, c: &SagaCommit) -> Result<(), SagaError> {
             .and_then(|mut s| s.execute(params![i.saga, i.key, name]))
             .map_err(db_error)?;
     }
-    for t in &c.schedule {
-        let envelope = String::from_utf8(t.envelope.to_json())
-            .map_err(|e| SagaError::Serialization(format!("timeout envelope: {e}")))?;
+    for (t, envelope) in c.schedule.iter().zip(&p.envelopes) {
         tx.prepare_cached(
             "INSERT OR REPLACE INTO saga_timeouts
                (id, saga, key, name, due_at, envelope, leased_until)
@@ -545,6 +595,7 @@ impl SagaStore for SqliteSagaStore {
     /// With [`SqliteSagaStore::batch_commits`], concurrent commits are gathered into one writer
     /// command (one savepoint each, see `flush`).
     async fn commit(&self, commit: SagaCommit) -> Result<u64, SagaError> {
+        let commit = Prepared::new(commit)?;
         if !self.batching {
             return self.run(move |tx| commit_tx(tx, &commit)).await;
         }
