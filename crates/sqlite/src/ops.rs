@@ -415,10 +415,13 @@ fn claim(
         .get(queue.abs())
         .ok_or_else(|| unknown_queue(queue))?;
     let lock_until = now.saturating_add(sub.lock_us);
+    // `+?n`, not bare parameters: with ORDER BY/LIMIT (or min()) SQLite marks the plan as
+    // depending on the bound values and re-prepares the statement on every execution
+    // (sqlite3_stmt_status REPREPARE = 10 of 10 runs); the plan is the same index search.
     let mut stmt = tx.prepare_cached(
         "UPDATE messages SET delivery_count = delivery_count + 1, visible_at = ?1
-         WHERE seq IN (SELECT seq FROM messages WHERE queue = ?2 AND visible_at <= ?3
-                       ORDER BY visible_at, seq LIMIT ?4)
+         WHERE seq IN (SELECT seq FROM messages WHERE queue = +?2 AND visible_at <= +?3
+                       ORDER BY visible_at, seq LIMIT +?4)
          RETURNING seq, delivery_count, enqueued_at, body, props",
     )?;
     let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
@@ -459,7 +462,7 @@ fn claim(
     }
     if out.rows.is_empty() {
         out.next_visible = tx
-            .prepare_cached("SELECT min(visible_at) FROM messages WHERE queue = ?1")?
+            .prepare_cached("SELECT min(visible_at) FROM messages WHERE queue = +?1")?
             .query_row(params![queue], |r| r.get::<_, Option<i64>>(0))?;
     }
     Ok(out)
@@ -657,10 +660,14 @@ fn exec(tx: &Transaction<'_>, work: &std::sync::Mutex<Option<ExecFn>>) -> Result
             message: "the transaction this work ran in was aborted; run it again".into(),
         })
     })?;
-    tx.execute_batch("SAVEPOINT exec")?;
+    let sql = |s: &str| {
+        tx.prepare_cached(s)
+            .and_then(|mut st| st.execute([]).map(|_| ()))
+    };
+    sql("SAVEPOINT exec")?;
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
         Ok(Ok(v)) => {
-            tx.execute_batch("RELEASE exec")?;
+            sql("RELEASE exec")?;
             Ok(Reply::Exec(Ok(v)))
         }
         Ok(Err(e)) => {
