@@ -128,10 +128,48 @@ impl SqliteBroker {
             Ok(v) => Ok(Box::new(v) as Box<dyn std::any::Any + Send>),
             Err(e) => Err(Box::new(e) as Box<dyn std::any::Any + Send>),
         });
+        self.call_exec(wake_all, true, f).await
+    }
+
+    /// Like [`SqliteBroker::exec`] without the savepoint: `work` must write nothing when it
+    /// returns `Ok(Err(_))`, and returns `Err(message)` for a failure after writes, which aborts
+    /// the whole group transaction (the caller gets `Err(TransportError::Backend)`). For the
+    /// store's hot paths whose refusals are decided before they write (saga commits).
+    pub(crate) async fn exec_unguarded<T, E, F>(
+        &self,
+        wake_all: bool,
+        work: F,
+    ) -> Result<Result<T, E>, TransportError>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<Result<T, E>, String> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let f: crate::ops::ExecFn = Box::new(move |tx| match work(tx) {
+            Ok(Ok(v)) => Ok(Box::new(v) as Box<dyn std::any::Any + Send>),
+            Ok(Err(e)) => Err(Box::new(e) as Box<dyn std::any::Any + Send>),
+            Err(message) => {
+                Err(Box::new(crate::ops::Abort(message)) as Box<dyn std::any::Any + Send>)
+            }
+        });
+        self.call_exec(wake_all, false, f).await
+    }
+
+    async fn call_exec<T, E>(
+        &self,
+        wake_all: bool,
+        guarded: bool,
+        f: crate::ops::ExecFn,
+    ) -> Result<Result<T, E>, TransportError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         let work = std::sync::Mutex::new(Some(f));
         let r = writer::call(self.sender()?, |reply| Cmd::Exec {
             work,
             wake_all,
+            guarded,
             reply,
         })
         .await?;
@@ -422,5 +460,54 @@ impl Drop for SqliteSettle {
                 reply: None,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rows(b: &SqliteBroker) -> i64 {
+        b.exec(false, |tx| {
+            tx.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unguarded_work_commits_refuses_or_aborts_the_whole_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBroker::open(SqliteConfig::new(dir.path().join("b.db"))).unwrap();
+        b.exec(false, |tx| tx.execute_batch("CREATE TABLE t (x INTEGER)"))
+            .await
+            .unwrap()
+            .unwrap();
+        let ok: Result<u8, ()> = b
+            .exec_unguarded(false, |tx| {
+                tx.execute("INSERT INTO t VALUES (1)", [])
+                    .map_err(|e| e.to_string())?;
+                Ok(Ok(7))
+            })
+            .await
+            .unwrap();
+        assert_eq!(ok, Ok(7));
+        let refused: Result<u8, &str> = b.exec_unguarded(false, |_tx| Ok(Err("no"))).await.unwrap();
+        assert_eq!(refused, Err("no"));
+        // A failure after a write aborts: the write does not commit.
+        let aborted = b
+            .exec_unguarded::<u8, (), _>(false, |tx| {
+                tx.execute("INSERT INTO t VALUES (2)", [])
+                    .map_err(|e| e.to_string())?;
+                Err("disk on fire".into())
+            })
+            .await;
+        assert!(
+            matches!(&aborted, Err(TransportError::Backend { message, .. }) if message.contains("disk on fire")),
+            "{aborted:?}"
+        );
+        assert_eq!(rows(&b).await, 1);
+        b.close().await.unwrap();
     }
 }

@@ -128,10 +128,15 @@ pub enum Cmd {
         /// Reply.
         reply: Tx<Vec<SubscriptionStats>>,
     },
-    /// Run a closure inside the writer's transaction, in its own savepoint.
+    /// Run a closure inside the writer's transaction, in its own savepoint unless unguarded.
     Exec {
         /// The work; taken on execution.
         work: std::sync::Mutex<Option<ExecFn>>,
+        /// In a savepoint, so that its own error rolls back what it wrote. Unguarded work runs
+        /// without one (SQLite's statement journal copies every page a savepoint changes): its
+        /// errors must write nothing, and it reports a failure after writes as [`Abort`], which
+        /// aborts the whole transaction (the writer then retries the other commands alone).
+        guarded: bool,
         /// Wake every receiver after the commit (application work may have made messages
         /// available); false for the store's own bookkeeping (outbox claims and marks).
         wake_all: bool,
@@ -340,10 +345,19 @@ pub fn apply(
             })),
         },
         Cmd::Stats { .. } => Ok(Reply::Stats(stats(tx, topology, now)?)),
-        Cmd::Exec { work, wake_all, .. } => {
+        Cmd::Exec {
+            work,
+            wake_all,
+            guarded,
+            ..
+        } => {
             // The work may have made messages available (e.g. a replay).
             woke.all |= *wake_all;
-            exec(tx, work)
+            if *guarded {
+                exec(tx, work)
+            } else {
+                exec_unguarded(tx, work)
+            }
         }
         Cmd::Shutdown { .. } => Ok(Reply::Unit),
     }
@@ -654,12 +668,7 @@ fn stats(
 }
 
 fn exec(tx: &Transaction<'_>, work: &std::sync::Mutex<Option<ExecFn>>) -> Result<Reply, OpError> {
-    let f = work.lock().ok().and_then(|mut g| g.take()).ok_or_else(|| {
-        OpError::Transport(TransportError::Backend {
-            backend: "sqlite",
-            message: "the transaction this work ran in was aborted; run it again".into(),
-        })
-    })?;
+    let f = take_work(work)?;
     let sql = |s: &str| {
         tx.prepare_cached(s)
             .and_then(|mut st| st.execute([]).map(|_| ()))
@@ -676,16 +685,57 @@ fn exec(tx: &Transaction<'_>, work: &std::sync::Mutex<Option<ExecFn>>) -> Result
         }
         Err(panic) => {
             tx.execute_batch("ROLLBACK TO exec; RELEASE exec")?;
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".into());
             Err(OpError::Transport(TransportError::Backend {
                 backend: "sqlite",
-                message: format!("transaction work panicked: {msg}"),
+                message: format!("transaction work panicked: {}", panic_text(&*panic)),
             }))
         }
+    }
+}
+
+/// The error an unguarded [`Cmd::Exec`] returns when it failed after writing: the whole
+/// transaction is aborted (nothing of it commits).
+pub struct Abort(pub String);
+
+fn take_work(work: &std::sync::Mutex<Option<ExecFn>>) -> Result<ExecFn, OpError> {
+    work.lock().ok().and_then(|mut g| g.take()).ok_or_else(|| {
+        OpError::Transport(TransportError::Backend {
+            backend: "sqlite",
+            message: "the transaction this work ran in was aborted; run it again".into(),
+        })
+    })
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// An unguarded [`Cmd::Exec`]: no savepoint; an [`Abort`] or a panic aborts the transaction.
+fn exec_unguarded(
+    tx: &Transaction<'_>,
+    work: &std::sync::Mutex<Option<ExecFn>>,
+) -> Result<Reply, OpError> {
+    let f = take_work(work)?;
+    let abort = |message: String| {
+        Err(OpError::Transport(TransportError::Backend {
+            backend: "sqlite",
+            message,
+        }))
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
+        Ok(Ok(v)) => Ok(Reply::Exec(Ok(v))),
+        Ok(Err(e)) => match e.downcast::<Abort>() {
+            Ok(a) => abort(a.0),
+            Err(e) => Ok(Reply::Exec(Err(e))),
+        },
+        Err(panic) => abort(format!(
+            "transaction work panicked: {}",
+            panic_text(&*panic)
+        )),
     }
 }
 

@@ -597,7 +597,17 @@ impl SagaStore for SqliteSagaStore {
     async fn commit(&self, commit: SagaCommit) -> Result<u64, SagaError> {
         let commit = Prepared::new(commit)?;
         if !self.batching {
-            return self.run(move |tx| commit_tx(tx, &commit)).await;
+            // Without a savepoint: commit_tx's refusals write nothing; any other failure
+            // aborts the group transaction.
+            return self
+                .broker
+                .exec_unguarded(false, move |tx| match commit_tx(tx, &commit) {
+                    Ok(v) => Ok(Ok(v)),
+                    Err(e) if is_refusal(&e) => Ok(Err(e)),
+                    Err(e) => Err(e.to_string()),
+                })
+                .await
+                .map_err(broker_error)?;
         }
         let (reply, result) = oneshot::channel();
         self.queue().push(Queued { commit, reply });
