@@ -267,11 +267,14 @@ impl SqliteOutbox {
         F: FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error> + Send + 'static,
         T: Send + 'static,
     {
-        self.broker
-            .exec(false, work)
+        // Unguarded (no savepoint): the work fails only with engine errors, and an engine error
+        // after writes must abort the whole group transaction anyway.
+        let r: Result<T, std::convert::Infallible> = self
+            .broker
+            .exec_unguarded(false, move |tx| work(tx).map(Ok).map_err(|e| e.to_string()))
             .await
-            .map_err(broker_error)?
-            .map_err(db_error)
+            .map_err(broker_error)?;
+        Ok(r.unwrap_or_else(|never| match never {}))
     }
 
     /// Registers as a waiter with the writer, which then watches other processes' commits
