@@ -13,8 +13,9 @@
 //! still arrives later (from a cancelled call) is kept and returned by the next call, or
 //! released when the receiver is dropped.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::{Message as NatsMessage, StatusCode, Subscriber};
@@ -92,6 +93,32 @@ fn later(at: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// Unsettled deliveries a receiver handed out, by stream sequence: a later delivery of the same
+/// message marks the earlier one superseded (see `Locked::superseded`).
+#[derive(Default)]
+struct Outstanding {
+    by_sequence: HashMap<u64, Weak<AtomicBool>>,
+    /// Size at which settled (dropped) entries are next swept out.
+    sweep_at: usize,
+}
+
+impl Outstanding {
+    /// The superseded flag of a new delivery of `sequence`; marks an earlier, still unsettled
+    /// delivery of the same message superseded.
+    fn track(&mut self, sequence: u64) -> Arc<AtomicBool> {
+        if let Some(earlier) = self.by_sequence.get(&sequence).and_then(Weak::upgrade) {
+            earlier.store(true, Ordering::Release);
+        }
+        if self.by_sequence.len() >= self.sweep_at.max(1024) {
+            self.by_sequence.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = self.by_sequence.len() * 2;
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        self.by_sequence.insert(sequence, Arc::downgrade(&flag));
+        flag
+    }
+}
+
 /// A receiver on one subscription's main queue or dead-letter sub-queue.
 pub(crate) struct NatsReceiver {
     shared: Arc<Shared>,
@@ -109,6 +136,7 @@ pub(crate) struct NatsReceiver {
     /// requests cover the pending messages. The rest of the call long-polls for one message.
     contended: bool,
     ready: VecDeque<Delivery>,
+    outstanding: Outstanding,
     next_token: u64,
     closed: watch::Receiver<bool>,
     _pump: Option<Arc<Pump>>,
@@ -153,6 +181,7 @@ impl NatsReceiver {
             pulls: VecDeque::new(),
             contended: false,
             ready: VecDeque::new(),
+            outstanding: Outstanding::default(),
             next_token: 0,
             closed: shared.closed_signal(),
             shared: Arc::clone(shared),
@@ -379,6 +408,7 @@ impl NatsReceiver {
             }
         }
         let enqueued_at = DateTime::<Utc>::from_timestamp_nanos(ack.timestamp_ns);
+        let superseded = self.outstanding.track(ack.stream_sequence);
         let settle = NatsSettle {
             shared: Arc::clone(&self.shared),
             origin: Arc::clone(&self.origin),
@@ -386,6 +416,7 @@ impl NatsReceiver {
                 reply,
                 sequence: ack.stream_sequence,
                 deadline: lock_deadline(received, self.meta.lock()),
+                superseded,
             },
             original: Original {
                 headers: message.headers,
@@ -525,6 +556,28 @@ mod tests {
         );
         assert_eq!(parse_ack_subject("_INBOX.abc.1"), None);
         assert_eq!(parse_ack_subject("$JS.ACK.S.c.x.5.8.1.0"), None);
+    }
+
+    #[test]
+    fn a_redelivery_supersedes_the_unsettled_earlier_delivery_only() {
+        let mut o = Outstanding::default();
+        let first = o.track(7);
+        let other = o.track(8);
+        let again = o.track(7);
+        assert!(
+            first.load(Ordering::Acquire),
+            "earlier delivery of 7 superseded"
+        );
+        assert!(!again.load(Ordering::Acquire) && !other.load(Ordering::Acquire));
+        drop(again); // settled
+        let third = o.track(7);
+        assert!(!third.load(Ordering::Acquire));
+        // Settled entries are swept out once the map grows.
+        drop((first, other, third));
+        for s in 100..1200 {
+            drop(o.track(s));
+        }
+        assert!(o.by_sequence.len() < 1024, "{}", o.by_sequence.len());
     }
 
     #[test]

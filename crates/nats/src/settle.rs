@@ -1,6 +1,7 @@
 //! Settling deliveries: ack, NAK (with delay), dead-lettering, `LockLost`, release on drop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Subject};
@@ -40,6 +41,17 @@ pub(crate) struct Locked {
     pub sequence: u64,
     /// Local time after which the server may already have redelivered the message.
     pub deadline: Instant,
+    /// Set by the receiver when a later delivery of the same message reached it: the server
+    /// redelivered it, whatever this delivery's local deadline says (a delivery received late,
+    /// on a loaded machine, has a deadline later than the server's).
+    pub superseded: Arc<AtomicBool>,
+}
+
+impl Locked {
+    /// True once this delivery can no longer be settled.
+    pub fn lost(&self) -> bool {
+        Instant::now() >= self.deadline || self.superseded.load(Ordering::Acquire)
+    }
 }
 
 /// A message as received, kept for dead-lettering.
@@ -156,7 +168,7 @@ impl Settle for NatsSettle {
         // message went to another consumer meanwhile), so the lock is enforced here: past its
         // deadline a delivery can no longer be settled, and the message is (or will be)
         // delivered again.
-        if Instant::now() >= self.locked.deadline {
+        if self.locked.lost() {
             return Err(self.lock_lost());
         }
         let reply = self.locked.reply.clone();
@@ -180,7 +192,7 @@ impl Settle for NatsSettle {
                     &info,
                 )
                 .await?;
-                if Instant::now() >= self.locked.deadline {
+                if self.locked.lost() {
                     // The copy is stored, but the original may have been redelivered meanwhile.
                     return Err(self.lock_lost());
                 }
@@ -196,7 +208,7 @@ impl Drop for NatsSettle {
     fn drop(&mut self) {
         // Release an unsettled delivery at once (not at lock expiry). After the deadline the
         // message may already be with another consumer: leave it alone.
-        if self.settled || self.shared.is_closed() || Instant::now() >= self.locked.deadline {
+        if self.settled || self.shared.is_closed() || self.locked.lost() {
             return;
         }
         release(&self.shared, self.locked.reply.clone());
