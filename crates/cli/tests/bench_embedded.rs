@@ -7,8 +7,6 @@ use common::num;
 
 use std::process::Command;
 
-use serde_json::Value;
-
 #[test]
 fn bench_embedded_json_is_sane() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,23 +29,10 @@ fn bench_embedded_json_is_sane() {
         .env("YARD_LOG", "error")
         .output()
         .expect("run yard");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}; stderr:\n{stderr}",
-        out.status
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{stdout}");
-    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    let v = common::json_report(&out);
 
-    let (baseline, rate, ratio) = (num(&v, "baseline_rate"), num(&v, "rate"), num(&v, "ratio"));
-    assert!(baseline > 0.0 && rate > 0.0, "{v}");
-    assert!(
-        (ratio - rate / baseline).abs() <= 1e-9 * ratio.max(1.0),
-        "{v}"
-    );
+    common::checked_ratio(&v);
+    let rate = num(&v, "rate");
     let bare = num(&v, "baseline_bare_rate");
     assert!(bare > 0.0, "{v}");
     assert!(

@@ -53,16 +53,7 @@ fn bench(url: &str) -> Value {
         .env("YARD_LOG", "error")
         .output()
         .expect("run yard");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}; stderr:\n{stderr}",
-        out.status
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{stdout}");
-    serde_json::from_str(lines[0]).unwrap()
+    common::json_report(&out)
 }
 
 fn check(v: &Value, broker: &str) {

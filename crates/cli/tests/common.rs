@@ -44,3 +44,30 @@ pub fn json_lines(text: &str) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
         .collect()
 }
+
+/// The one JSON report a successful `yard bench … --json` prints on stdout (asserts the exit
+/// status and that stdout holds exactly one line).
+pub fn json_report(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr:\n{}",
+        out.status,
+        stderr(out)
+    );
+    let text = stdout(out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{text}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+/// A report's `ratio`, after asserting that `baseline_rate` and `rate` are positive and that
+/// `ratio` is their quotient.
+pub fn checked_ratio(v: &Value) -> f64 {
+    let (baseline, rate, ratio) = (num(v, "baseline_rate"), num(v, "rate"), num(v, "ratio"));
+    assert!(baseline > 0.0 && rate > 0.0, "{v}");
+    assert!(
+        (ratio - rate / baseline).abs() <= 1e-9 * ratio.max(1.0),
+        "{v}"
+    );
+    ratio
+}

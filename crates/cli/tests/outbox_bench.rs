@@ -38,16 +38,7 @@ fn bench(store: &str, url: Option<&str>) -> Value {
         cmd.args(["--url", u]);
     }
     let out = cmd.output().expect("run yard");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}; stderr:\n{stderr}",
-        out.status
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON object on stdout, got:\n{stdout}");
-    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    let v = common::json_report(&out);
     assert_eq!(v["benchmark"], "outbox", "{v}");
     assert_eq!(v["store"], store, "{v}");
     let (baseline, rate, ratio) = (num(&v, "baseline_rate"), num(&v, "rate"), num(&v, "ratio"));
