@@ -39,20 +39,9 @@ const BARE_PROPS: &str = "{}";
 /// Everything the benchmark held fixed, recorded beside every number.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
-    /// Always `WAL`.
-    pub journal_mode: &'static str,
-    /// `FULL`, `NORMAL` or `OFF`, every side.
-    pub synchronous: &'static str,
-    /// Baseline rows per cycle, and broker messages per publish call.
-    pub batch: u64,
-    /// Concurrent publisher tasks (broker run).
-    pub publishers: u64,
-    /// Consumer concurrency (broker and latency runs).
-    pub consumer_concurrency: u64,
-    /// Publishers' backlog bound (0: unbounded).
-    pub max_backlog: u64,
-    /// Size of the envelope's JSON payload (and the bare-payload baseline's row body).
-    pub payload_bytes: usize,
+    /// Durability, load shape, machine.
+    #[serde(flatten)]
+    pub load: super::LoadSettings,
     /// Stored body per message of the broker and of the R7 baseline (the envelope JSON).
     pub body_bytes: usize,
     /// Stored properties JSON per message of the broker and of the R7 baseline.
@@ -61,24 +50,10 @@ pub struct Settings {
     pub baseline_cycle: &'static str,
     /// How the broker is driven.
     pub broker_path: &'static str,
-    /// Latency run: messages per second.
-    pub latency_rate: f64,
-    /// Latency run: seconds of publishing.
-    pub latency_seconds: f64,
-    /// Where the data files were created.
-    pub data_dir: String,
     /// Latency of a 4 KiB write + fdatasync in the data directory before the runs, ms (p50, p90).
     pub fsync_ms_start: (f64, f64),
     /// The same after the runs.
     pub fsync_ms_end: (f64, f64),
-    /// `/proc/loadavg` (1, 5, 15 min) when the benchmark started; empty where unavailable.
-    pub loadavg_start: String,
-    /// `/proc/loadavg` when it ended.
-    pub loadavg_end: String,
-    /// Worker threads of the async runtime (plus the broker's writer thread).
-    pub runtime_workers: usize,
-    /// Logical CPUs seen by the process.
-    pub cpus: usize,
 }
 
 /// The report, printed as a table or (with `--json`) as one JSON object.
@@ -246,13 +221,6 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
             .collect::<Vec<_>>(),
     );
     let ratio_r7 = ratio(rate, baseline_rate);
-    let data_dir = a
-        .load
-        .dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir)
-        .display()
-        .to_string();
     Ok(EmbeddedReport {
         benchmark: "embedded",
         baseline_rate,
@@ -275,13 +243,7 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
         baseline_cpu_us_per_msg: baseline_cpu(&baseline_runs),
         baseline_bare_cpu_us_per_msg: baseline_cpu(&bare_runs),
         settings: Settings {
-            journal_mode: "WAL",
-            synchronous: a.load.synchronous.as_str(),
-            batch: a.load.batch,
-            publishers: a.load.publishers,
-            consumer_concurrency: a.load.concurrency,
-            max_backlog: a.load.backlog_bound(),
-            payload_bytes: a.load.payload_bytes,
+            load: a.load.settings(loadavg_start),
             body_bytes: body.len(),
             props_bytes: props.len(),
             baseline_cycle: "rusqlite on one thread, the broker's messages table; per cycle 3 \
@@ -290,15 +252,8 @@ pub async fn run_embedded(a: &EmbeddedArgs) -> anyhow::Result<EmbeddedReport> {
             broker_path: "Bus::publish_batch from the publisher tasks; runtime consumer via \
                           handle_envelopes (parse + validate envelope, no-op handler, ack after \
                           handler); clock stops when the consumer's acked counter reaches N",
-            latency_rate: a.load.rate,
-            latency_seconds: a.load.seconds.as_secs_f64(),
-            data_dir,
             fsync_ms_start,
             fsync_ms_end: fsync_probe(a.load.dir.as_deref())?,
-            loadavg_start,
-            loadavg_end: loadavg(),
-            runtime_workers: tokio::runtime::Handle::current().metrics().num_workers(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         },
         baseline_runs,
         baseline_bare_runs: bare_runs,
@@ -340,7 +295,7 @@ pub fn table(r: &EmbeddedReport) -> String {
     let _ = writeln!(
         o,
         "durability: journal_mode={} synchronous={} on every side; data files in {}",
-        s.journal_mode, s.synchronous, s.data_dir
+        s.load.journal_mode, s.load.synchronous, s.load.data_dir
     );
     let _ = writeln!(
         o,
@@ -414,8 +369,8 @@ pub fn table(r: &EmbeddedReport) -> String {
     let _ = writeln!(
         o,
         "latency (open loop, {} msg/s for {} s, intended send → handler): p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({} of {} handled{})",
-        s.latency_rate,
-        s.latency_seconds,
+        s.load.latency_rate,
+        s.load.latency_seconds,
         l.p50_ms,
         l.p99_ms,
         l.p999_ms,
@@ -432,16 +387,16 @@ pub fn table(r: &EmbeddedReport) -> String {
     let _ = writeln!(
         o,
         "settings: publishers {} × batch {}, consumer concurrency {}, backlog bound {}, runtime workers {} on {} CPUs",
-        s.publishers,
-        s.batch,
-        s.consumer_concurrency,
-        if s.max_backlog == 0 {
+        s.load.publishers,
+        s.load.batch,
+        s.load.consumer_concurrency,
+        if s.load.max_backlog == 0 {
             "none".to_owned()
         } else {
-            thousands(s.max_backlog as f64)
+            thousands(s.load.max_backlog as f64)
         },
-        s.runtime_workers,
-        s.cpus
+        s.load.runtime_workers,
+        s.load.cpus
     );
     if let Some(b) = r.broker_runs.iter().max_by_key(|b| b.max_backlog_seen) {
         let _ = writeln!(
@@ -479,8 +434,8 @@ pub fn table(r: &EmbeddedReport) -> String {
     let _ = writeln!(
         o,
         "machine: load average {} at start, {} at end; 4 KiB write+fdatasync p50/p90 {:.2}/{:.2} ms at start, {:.2}/{:.2} ms at end",
-        s.loadavg_start,
-        s.loadavg_end,
+        s.load.loadavg_start,
+        s.load.loadavg_end,
         s.fsync_ms_start.0,
         s.fsync_ms_start.1,
         s.fsync_ms_end.0,
@@ -495,11 +450,11 @@ pub fn table(r: &EmbeddedReport) -> String {
             "warning: {anomalies} settle errors / retries / dead-letters during the broker runs"
         );
     }
-    if !s.synchronous.eq_ignore_ascii_case("FULL") {
+    if !s.load.synchronous.eq_ignore_ascii_case("FULL") {
         let _ = writeln!(
             o,
             "note: the R7 targets are defined for synchronous=FULL; this run used {}",
-            s.synchronous
+            s.load.synchronous
         );
     }
     let short = r.shortfalls();

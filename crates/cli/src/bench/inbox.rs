@@ -70,40 +70,15 @@ pub struct InboxArgs {
 /// Everything the benchmark held fixed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
-    /// Always `WAL`.
-    pub journal_mode: &'static str,
-    /// `FULL`, `NORMAL` or `OFF`, both sides.
-    pub synchronous: &'static str,
-    /// Messages per publish call.
-    pub batch: u64,
-    /// Concurrent publisher tasks.
-    pub publishers: u64,
-    /// Consumer concurrency.
-    pub consumer_concurrency: u64,
-    /// Publishers' backlog bound (0: unbounded).
-    pub max_backlog: u64,
+    /// Durability, load shape, machine.
+    #[serde(flatten)]
+    pub load: super::LoadSettings,
     /// Rows of the state table.
     pub aggregates: u64,
-    /// Size of the envelope's JSON payload.
-    pub payload_bytes: usize,
-    /// Latency run: messages per second.
-    pub latency_rate: f64,
-    /// Latency run: seconds of publishing.
-    pub latency_seconds: f64,
     /// What the baseline handler does.
     pub baseline_handler: &'static str,
     /// What the inbox handler does.
     pub inbox_handler: &'static str,
-    /// Where the data files were created.
-    pub data_dir: String,
-    /// `/proc/loadavg` when the benchmark started.
-    pub loadavg_start: String,
-    /// `/proc/loadavg` when it ended.
-    pub loadavg_end: String,
-    /// Worker threads of the async runtime.
-    pub runtime_workers: usize,
-    /// Logical CPUs seen by the process.
-    pub cpus: usize,
 }
 
 /// The report (same field names as `yard bench embedded` where they mean the same thing).
@@ -312,31 +287,12 @@ pub async fn run_inbox(a: &InboxArgs) -> anyhow::Result<InboxReport> {
         cpu_us_per_msg: by_thread(&inbox_runs, |r| &r.cpu_us_per_msg),
         baseline_cpu_us_per_msg: by_thread(&baseline_runs, |r| &r.cpu_us_per_msg),
         settings: Settings {
-            journal_mode: "WAL",
-            synchronous: a.load.synchronous.as_str(),
-            batch: a.load.batch,
-            publishers: a.load.publishers,
-            consumer_concurrency: a.load.concurrency,
-            max_backlog: a.load.backlog_bound(),
+            load: a.load.settings(loadavg_start),
             aggregates: a.aggregates,
-            payload_bytes: a.load.payload_bytes,
-            latency_rate: a.load.rate,
-            latency_seconds: a.load.seconds.as_secs_f64(),
             baseline_handler: "SqliteBroker::transaction: upsert one bench_state row (prepared), \
                                in the store's group-commit transaction; ack after the handler",
             inbox_handler: "Inbox::run(envelope, handler, aggregate): key lookup, the same \
                             upsert, key insert, in the same transaction; ack after the handler",
-            data_dir: a
-                .load
-                .dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir)
-                .display()
-                .to_string(),
-            loadavg_start,
-            loadavg_end: loadavg(),
-            runtime_workers: tokio::runtime::Handle::current().metrics().num_workers(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         },
         baseline_runs,
         inbox_runs,
@@ -355,8 +311,8 @@ pub fn table(r: &InboxReport) -> String {
     let _ = writeln!(
         o,
         "durability: journal_mode={} synchronous={}; {} messages per run, payload {} B, {} runs, medians",
-        s.journal_mode,
-        s.synchronous,
+        s.load.journal_mode,
+        s.load.synchronous,
         thousands(r.messages as f64),
         r.payload_bytes,
         r.runs
@@ -391,12 +347,17 @@ pub fn table(r: &InboxReport) -> String {
     let _ = writeln!(
         o,
         "latency through the inbox (open loop, {} msg/s, intended send → inbox committed): p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({} of {} handled)",
-        r.settings.latency_rate, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.received, l.sent
+        r.settings.load.latency_rate, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.received, l.sent
     );
     let _ = writeln!(
         o,
         "settings: publishers {} × batch {}, consumer concurrency {}, {} aggregates; load average {} at start, {} at end",
-        s.publishers, s.batch, s.consumer_concurrency, s.aggregates, s.loadavg_start, s.loadavg_end
+        s.load.publishers,
+        s.load.batch,
+        s.load.consumer_concurrency,
+        s.aggregates,
+        s.load.loadavg_start,
+        s.load.loadavg_end
     );
     let _ = writeln!(o, "baseline: {}", s.baseline_handler);
     let _ = writeln!(o, "inbox:    {}", s.inbox_handler);

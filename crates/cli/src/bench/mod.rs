@@ -131,6 +131,66 @@ impl LoadArgs {
         self.max_backlog
             .unwrap_or_else(|| self.publishers.saturating_mul(self.batch))
     }
+
+    /// The settings to record beside the figures; call at the end of the run
+    /// (`loadavg_start`: `/proc/loadavg` when it began).
+    pub fn settings(&self, loadavg_start: String) -> LoadSettings {
+        LoadSettings {
+            journal_mode: "WAL",
+            synchronous: self.synchronous.as_str(),
+            batch: self.batch,
+            publishers: self.publishers,
+            consumer_concurrency: self.concurrency,
+            max_backlog: self.backlog_bound(),
+            payload_bytes: self.payload_bytes,
+            latency_rate: self.rate,
+            latency_seconds: self.seconds.as_secs_f64(),
+            data_dir: self
+                .dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir)
+                .display()
+                .to_string(),
+            loadavg_start,
+            loadavg_end: embedded::loadavg(),
+            runtime_workers: tokio::runtime::Handle::current().metrics().num_workers(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// The load settings of the embedded-store benchmarks, recorded beside every figure (flattened
+/// into each report's `settings`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadSettings {
+    /// Always `WAL`.
+    pub journal_mode: &'static str,
+    /// `FULL`, `NORMAL` or `OFF`, every side.
+    pub synchronous: &'static str,
+    /// Messages per publish call (and, for `embedded`, baseline rows per cycle).
+    pub batch: u64,
+    /// Concurrent publisher tasks.
+    pub publishers: u64,
+    /// Consumer concurrency.
+    pub consumer_concurrency: u64,
+    /// Publishers' backlog bound in effect (0: unbounded).
+    pub max_backlog: u64,
+    /// Size of the envelope's JSON payload.
+    pub payload_bytes: usize,
+    /// Latency run: messages per second.
+    pub latency_rate: f64,
+    /// Latency run: seconds of publishing.
+    pub latency_seconds: f64,
+    /// Where the data files were created.
+    pub data_dir: String,
+    /// `/proc/loadavg` (1, 5, 15 min) when the benchmark started; empty where unavailable.
+    pub loadavg_start: String,
+    /// `/proc/loadavg` when it ended.
+    pub loadavg_end: String,
+    /// Worker threads of the async runtime.
+    pub runtime_workers: usize,
+    /// Logical CPUs seen by the process.
+    pub cpus: usize,
 }
 
 /// Prints a report: one JSON line (`--json`, with the missed targets on stderr) or the table.
