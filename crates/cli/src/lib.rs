@@ -13,6 +13,7 @@ pub mod duration;
 pub mod outbox;
 pub mod publish;
 pub mod saga;
+pub mod store;
 pub mod tail;
 
 /// yard — operate eventyard: run the reference demo, publish and tail events, benchmark.

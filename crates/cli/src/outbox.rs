@@ -28,6 +28,8 @@ use eventyard::{
 };
 use eventyard_postgres::{PgOutbox, PgOutboxConfig};
 
+use crate::store::StoreKind;
+
 /// Arguments of `yard outbox`.
 #[derive(Debug, clap::Args)]
 pub struct OutboxArgs {
@@ -72,15 +74,6 @@ impl DataFile {
         SqliteBroker::open(SqliteConfig::new(&self.data))
             .with_context(|| format!("opening {}", self.data.display()))
     }
-}
-
-/// Which outbox store `yard outbox status` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    /// The embedded data file (`--data`).
-    Sqlite,
-    /// PostgreSQL (`--url`, `--schema`).
-    Postgres,
 }
 
 /// Arguments of `yard outbox status`.

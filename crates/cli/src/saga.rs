@@ -27,6 +27,8 @@ use eventyard::{Transport, TransportError};
 use eventyard_postgres::{PgSagaConfig, PgSagaStore};
 use serde_json::{Value, json};
 
+use crate::store::StoreKind;
+
 /// Arguments of `yard saga`.
 #[derive(Debug, clap::Args)]
 pub struct SagaArgs {
@@ -42,15 +44,6 @@ pub enum SagaCommand {
     List(ListArgs),
     /// Show one instance (by its key, the correlationId): data, history, pending timeouts.
     Show(ShowArgs),
-}
-
-/// Which saga store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    /// The embedded SQLite data file (`--data`).
-    Sqlite,
-    /// PostgreSQL (`--url`, `--schema`).
-    Postgres,
 }
 
 /// Where the sagas are.

@@ -33,6 +33,8 @@ use eventyard::{
 use eventyard_postgres::{PgOutbox, PgOutboxConfig};
 use serde::Serialize;
 
+use crate::store::StoreKind;
+
 /// PostgreSQL URL used when neither `--url` nor `EVENTYARD_PG_URL` is given (the testkit's
 /// loopback default).
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -48,25 +50,6 @@ pub const TARGET_P99_MS: f64 = 25.0;
 
 /// Application connections committing the latency run's transactions on PostgreSQL.
 const PG_PRODUCERS: usize = 8;
-
-/// Which outbox store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// The embedded store (SQLite, the broker's own file).
-    Sqlite,
-    /// PostgreSQL (`--url`).
-    Postgres,
-}
-
-impl StoreKind {
-    fn name(self) -> &'static str {
-        match self {
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Postgres => "postgres",
-        }
-    }
-}
 
 /// Arguments of `yard bench outbox`.
 #[derive(Debug, Clone, clap::Args)]

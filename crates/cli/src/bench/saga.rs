@@ -45,29 +45,13 @@ use super::SyncMode;
 use super::outbox::DEFAULT_PG_URL;
 use super::workload::{self, median};
 
+use crate::store::StoreKind;
+
 /// R8 bar: saga step rate / raw transaction rate.
 pub const TARGET_RATIO: f64 = 0.6;
 
 /// The saga's name in the data file.
 const SAGA: &str = "bench-saga";
-
-/// Which saga store to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    /// The embedded SQLite store.
-    Sqlite,
-    /// PostgreSQL (`--url`).
-    Postgres,
-}
-
-impl StoreKind {
-    fn name(self) -> &'static str {
-        match self {
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Postgres => "postgres",
-        }
-    }
-}
 
 /// Arguments of `yard bench saga`.
 #[derive(Debug, Clone, clap::Args)]
