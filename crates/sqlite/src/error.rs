@@ -36,17 +36,20 @@ pub fn map_open_error(path: &str, e: rusqlite::Error) -> TransportError {
     map_error(path, e, 0)
 }
 
+/// True when the engine answered "busy" or "locked": another connection holds the lock.
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
 /// True when an engine error may pass on a retry (busy, locked, disk full, I/O, cannot open):
 /// the stores built on the data file (outbox, sagas) report these as unavailable.
 pub(crate) fn is_transient(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::DiskFull
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::CannotOpen,
+    is_busy(e)
+        || matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen)
         )
-    )
 }

@@ -113,6 +113,11 @@ CREATE TABLE IF NOT EXISTS dlq_audit (
 /// Opens (creating if needed) the data file with WAL, the configured `synchronous` and busy
 /// timeout, and brings the schema up to date. Fails with `InvalidDataFile` for a file that is
 /// not a database or belongs to another application.
+///
+/// Several processes may open a new file at once (an application and `yard tail`). SQLite
+/// answers some of the steps of that race (the switch to WAL, the WAL's first recovery) with
+/// "busy" at once, without calling the busy handler, so the whole bootstrap is retried until
+/// the busy timeout has passed.
 pub fn open(cfg: &SqliteConfig) -> Result<Connection, TransportError> {
     let path = cfg.path.display().to_string();
     if let Some(parent) = cfg.path.parent()
@@ -131,49 +136,61 @@ pub fn open(cfg: &SqliteConfig) -> Result<Connection, TransportError> {
         Connection::open_with_flags(&cfg.path, flags).map_err(|e| map_open_error(&path, e))?;
     conn.busy_timeout(cfg.busy_timeout)
         .map_err(|e| map_open_error(&path, e))?;
-    let app_id: i64 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| map_open_error(&path, e))?;
-    let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(|e| map_open_error(&path, e))?;
+    let deadline = std::time::Instant::now() + cfg.busy_timeout;
+    loop {
+        match bootstrap(&conn, cfg) {
+            Ok(Ok(())) => return Ok(conn),
+            Ok(Err(reason)) => return Err(TransportError::InvalidDataFile { path, reason }),
+            Err(e) if crate::error::is_busy(&e) && std::time::Instant::now() < deadline => {
+                // A failed step may leave its transaction open; the next try starts clean.
+                let _ = conn.execute_batch("ROLLBACK");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => {
+                return Err(crate::error::map_error(
+                    &path,
+                    e,
+                    u64::try_from(cfg.busy_timeout.as_millis()).unwrap_or(u64::MAX),
+                ));
+            }
+        }
+    }
+}
+
+/// The steps of [`open`] after the connection exists: checks whose file it is, switches to WAL,
+/// sets `synchronous` and applies the DDL. `Ok(Err(reason))` refuses the file.
+fn bootstrap(conn: &Connection, cfg: &SqliteConfig) -> rusqlite::Result<Result<(), String>> {
+    // One statement, so one snapshot: read apart, another process creating the schema could
+    // commit in between and the file would look like another application's (tables, no id).
+    let (app_id, tables): (i64, i64) = conn.query_row(
+        "SELECT (SELECT application_id FROM pragma_application_id), \
+                (SELECT count(*) FROM sqlite_master)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
-        return Err(TransportError::InvalidDataFile {
-            path,
-            reason: "it is an SQLite database of another application (no eventyard schema)".into(),
-        });
+        return Ok(Err(
+            "it is an SQLite database of another application (no eventyard schema)".into(),
+        ));
     }
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(|e| map_open_error(&path, e))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(TransportError::InvalidDataFile {
-            path,
-            reason: format!("cannot switch to WAL journal mode (got {mode})"),
-        });
+        return Ok(Err(format!(
+            "cannot switch to WAL journal mode (got {mode})"
+        )));
     }
-    conn.pragma_update(None, "synchronous", cfg.synchronous.as_str())
-        .map_err(|e| map_open_error(&path, e))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| map_open_error(&path, e))?;
+    conn.pragma_update(None, "synchronous", cfg.synchronous.as_str())?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(TransportError::InvalidDataFile {
-            path,
-            reason: format!(
-                "schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
-            ),
-        });
+        return Ok(Err(format!(
+            "schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
+        )));
     }
     // The DDL is idempotent (IF NOT EXISTS): applying it on every open also adds indexes and
     // tables introduced since the file was created at the same schema version.
-    {
-        let ddl = format!(
-            "BEGIN IMMEDIATE; {DDL} PRAGMA application_id = {APPLICATION_ID}; \
-             PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        );
-        conn.execute_batch(&ddl)
-            .map_err(|e| map_open_error(&path, e))?;
-    }
-    Ok(conn)
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {DDL} PRAGMA application_id = {APPLICATION_ID}; \
+         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))?;
+    Ok(Ok(()))
 }

@@ -134,3 +134,28 @@ async fn application_work_commits_or_rolls_back_in_the_store_transaction() {
         .unwrap();
     assert_eq!(totals, vec![10]);
 }
+
+/// Several openers racing to create the same new data file all succeed: none of them mistakes
+/// the half-created file of another for "an SQLite database of another application".
+#[test]
+fn concurrent_first_opens_of_one_new_file_all_succeed() {
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.db");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteBroker::open(SqliteConfig::new(path)).map(drop)
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Err(e) = h.join().unwrap() {
+                panic!("round {round}: a concurrent first open failed: {e}");
+            }
+        }
+    }
+}
