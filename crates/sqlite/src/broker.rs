@@ -47,6 +47,14 @@ impl std::fmt::Debug for SqliteBroker {
 impl SqliteBroker {
     /// Opens (creating if absent) the data file and starts the writer thread.
     pub fn open(cfg: SqliteConfig) -> Result<Self, TransportError> {
+        Self::open_with_sync(cfg, crate::syncer::fdatasync())
+    }
+
+    /// [`SqliteBroker::open`] with the syncer's flush replaced (tests hold or fail it).
+    pub(crate) fn open_with_sync(
+        cfg: SqliteConfig,
+        sync: crate::syncer::SyncFn,
+    ) -> Result<Self, TransportError> {
         let conn = schema::open(&cfg)?;
         let (tx, rx) = mpsc::channel();
         let (wake, _) = watch::channel(0u64);
@@ -56,13 +64,24 @@ impl SqliteBroker {
             waiters: AtomicUsize::new(0),
             outbox: watch::channel(0u64).0,
             counters: writer::Counters::default(),
+            sync: Default::default(),
         });
         let thread_cfg = cfg.clone();
+        let thread_tx = tx.clone();
         let thread_shared = shared.clone();
         let dispatch = writer::dispatcher();
         let thread = std::thread::Builder::new()
             .name("eventyard-sqlite".into())
-            .spawn(move || writer::run(thread_cfg, conn, rx, thread_shared, dispatch))
+            .spawn(move || {
+                writer::run(
+                    thread_cfg,
+                    conn,
+                    (thread_tx, rx),
+                    thread_shared,
+                    dispatch,
+                    sync,
+                )
+            })
             .map_err(|e| TransportError::Backend {
                 backend: "sqlite",
                 message: format!("cannot start the writer thread: {e}"),
@@ -190,7 +209,7 @@ impl SqliteBroker {
 
     /// What the writer thread has done since the broker opened (transactions, commands).
     pub fn writer_stats(&self) -> writer::WriterStats {
-        self.inner.shared.counters.snapshot()
+        self.inner.shared.stats()
     }
 
     /// Message counts of every subscription (available, pending, dead-lettered).

@@ -20,6 +20,7 @@ mod ops;
 pub mod outbox;
 pub mod saga;
 mod schema;
+mod syncer;
 mod topology;
 mod writer;
 

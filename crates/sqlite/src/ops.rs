@@ -143,6 +143,12 @@ pub enum Cmd {
         /// Reply: the closure's result (Ok or its own error, which rolled its savepoint back).
         reply: Tx<ExecResult>,
     },
+    /// From the syncer: it flushed the log for this many submitted transactions. Not a
+    /// command of the store; the writer counts it and never executes it.
+    Flushed {
+        /// Transactions (batches of answers) the flush covered.
+        batches: usize,
+    },
     /// Stop the writer after the commands before this one.
     Shutdown {
         /// Reply.
@@ -218,6 +224,7 @@ impl Cmd {
             Cmd::Shutdown { reply } => {
                 let _ = reply.send(());
             }
+            Cmd::Flushed { .. } => {}
         }
     }
 }
@@ -359,7 +366,7 @@ pub fn apply(
                 exec_unguarded(tx, work)
             }
         }
-        Cmd::Shutdown { .. } => Ok(Reply::Unit),
+        Cmd::Shutdown { .. } | Cmd::Flushed { .. } => Ok(Reply::Unit),
     }
 }
 

@@ -13,9 +13,10 @@ use eventyard_core::TransportError;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::SqliteConfig;
+use crate::config::{SqliteConfig, Synchronous};
 use crate::error::map_error;
 use crate::ops::{self, Cmd, Reply};
+use crate::syncer::{self, SyncFn, SyncState, Syncer};
 use crate::topology::Topology;
 
 /// Shared state between the async handles and the writer thread.
@@ -33,6 +34,8 @@ pub struct Shared {
     pub outbox: watch::Sender<u64>,
     /// Work counters of the writer thread.
     pub counters: Counters,
+    /// The log-flushing thread's state (flush count, failed flush).
+    pub sync: Arc<SyncState>,
 }
 
 /// Counters of the writer thread's work, for benchmarks and diagnostics.
@@ -51,14 +54,18 @@ pub struct WriterStats {
     pub transactions: u64,
     /// Commands (publish batches, claims, settlements, …) those transactions executed.
     pub commands: u64,
+    /// Flushes of the write-ahead log by the syncer thread (one covers every transaction
+    /// committed before it began; 0 when SQLite flushes itself, as with `synchronous=NORMAL`).
+    pub wal_syncs: u64,
 }
 
-impl Counters {
-    /// Current values.
-    pub fn snapshot(&self) -> WriterStats {
+impl Shared {
+    /// Current values of the writer's counters.
+    pub fn stats(&self) -> WriterStats {
         WriterStats {
-            transactions: self.transactions.load(Ordering::Relaxed),
-            commands: self.commands.load(Ordering::Relaxed),
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
+            commands: self.counters.commands.load(Ordering::Relaxed),
+            wal_syncs: self.sync.syncs.load(Ordering::Relaxed),
         }
     }
 }
@@ -90,16 +97,63 @@ pub fn dispatcher() -> Option<Dispatch> {
     Some(tx)
 }
 
-/// Runs the writer loop until the channel closes or a `Shutdown` command arrives.
+/// With `synchronous=FULL`, moves the flush of the log off the writer thread (see
+/// [`crate::syncer`]): the connection switches to `synchronous=NORMAL` and the syncer flushes
+/// before answering. `None` (SQLite keeps flushing at each commit) for the other settings, or
+/// when the `-wal` file cannot be opened.
+fn start_syncer(
+    cfg: &SqliteConfig,
+    conn: &Connection,
+    shared: &Shared,
+    dispatch: &Option<Dispatch>,
+    sync: SyncFn,
+    writer: mpsc::Sender<Cmd>,
+) -> Option<Syncer> {
+    if cfg.synchronous != Synchronous::Full {
+        return None;
+    }
+    let started = Syncer::start(
+        &cfg.path,
+        shared.sync.clone(),
+        dispatch.clone(),
+        sync,
+        writer,
+    );
+    let syncer = match started {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(path = %cfg.path.display(), error = %e,
+                "cannot open the write-ahead log for pipelined flushes; SQLite flushes each commit");
+            return None;
+        }
+    };
+    match conn.pragma_update(None, "synchronous", Synchronous::Normal.as_str()) {
+        Ok(()) => Some(syncer),
+        Err(e) => {
+            tracing::warn!(path = %cfg.path.display(), error = %e,
+                "cannot hand flushes to the syncer; SQLite flushes each commit");
+            None
+        }
+    }
+}
+
+/// Runs the writer loop until the channel closes or a `Shutdown` command arrives. `sync` is how
+/// the syncer flushes the log ([`syncer::fdatasync`] but in tests); `tx` is the sending side of
+/// `rx`, for the syncer's [`Cmd::Flushed`].
 pub fn run(
     cfg: SqliteConfig,
     conn: Connection,
-    rx: mpsc::Receiver<Cmd>,
+    (tx, rx): (mpsc::Sender<Cmd>, mpsc::Receiver<Cmd>),
     shared: Arc<Shared>,
     dispatch: Option<Dispatch>,
+    sync: SyncFn,
 ) {
+    let syncer = start_syncer(&cfg, &conn, &shared, &dispatch, sync, tx);
     let mut w = Writer {
         dispatch,
+        syncer,
+        unflushed: 0,
+        stashed: Vec::new(),
         path: cfg.path.display().to_string(),
         busy_ms: u64::try_from(cfg.busy_timeout.as_millis()).unwrap_or(u64::MAX),
         cfg,
@@ -126,9 +180,13 @@ pub fn run(
                 Err(_) => return,
             }
         };
+        if w.count_flushed(&first) {
+            continue;
+        }
         batch.push(first);
         while batch.len() < w.cfg.max_batch {
             match rx.try_recv() {
+                Ok(cmd) if w.count_flushed(&cmd) => {}
                 Ok(cmd) => batch.push(cmd),
                 Err(_) => break,
             }
@@ -136,8 +194,10 @@ pub fn run(
         let shutdown = batch.iter().position(|c| matches!(c, Cmd::Shutdown { .. }));
         let tail = shutdown.map(|i| batch.split_off(i));
         if !batch.is_empty() {
-            w.execute(&mut batch);
+            // With no Shutdown in sight, the transaction may stay open for more commands.
+            w.execute(&mut batch, tail.is_none().then_some(&rx));
         }
+        let tail = tail.or_else(|| (!w.stashed.is_empty()).then(|| std::mem::take(&mut w.stashed)));
         if let Some(mut tail) = tail {
             // Commands after Shutdown are answered `Closed`; Shutdown itself is answered last.
             let mut done = None;
@@ -148,6 +208,10 @@ pub fn run(
                 }
             }
             drop(rx);
+            // Everything committed is flushed and answered before Shutdown is.
+            if let Some(s) = w.syncer.as_mut() {
+                s.finish();
+            }
             if let Some(reply) = done {
                 let _ = reply.send(());
             }
@@ -161,6 +225,12 @@ pub fn run(
 
 struct Writer {
     dispatch: Option<Dispatch>,
+    /// Flushes the log and answers committed commands, when SQLite does not flush itself.
+    syncer: Option<Syncer>,
+    /// Transactions handed to the syncer and not yet flushed.
+    unflushed: usize,
+    /// A Shutdown (and what came after it) received while a transaction was open.
+    stashed: Vec<Cmd>,
     cfg: SqliteConfig,
     path: String,
     busy_ms: u64,
@@ -188,10 +258,30 @@ impl Writer {
         }
     }
 
+    /// Counts a [`Cmd::Flushed`]; false for every other command.
+    fn count_flushed(&mut self, cmd: &Cmd) -> bool {
+        match cmd {
+            Cmd::Flushed { batches } => {
+                self.unflushed = self.unflushed.saturating_sub(*batches);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Executes a batch in one transaction; on a database error, retries each command alone so
-    /// that one failing command cannot fail the others.
-    fn execute(&mut self, batch: &mut Vec<Cmd>) {
-        match self.transaction(batch) {
+    /// that one failing command cannot fail the others. With `more`, the transaction stays open
+    /// while the syncer is flushing an earlier one, taking the commands that arrive meanwhile
+    /// (they could not be answered before the next flush anyway): commits follow flushes, so
+    /// the writer works while the disk flushes and a transaction holds all that came meanwhile.
+    fn execute(&mut self, batch: &mut Vec<Cmd>, more: Option<&mpsc::Receiver<Cmd>>) {
+        if self.shared.sync.poisoned.load(Ordering::Acquire) {
+            for cmd in batch.drain(..) {
+                cmd.fail(SyncState::poisoned_error(&self.path));
+            }
+            return;
+        }
+        match self.transaction(batch, more) {
             Ok((replies, woke)) => {
                 // Our own commits leave data_version unchanged: a change means another process
                 // committed meanwhile, whose receivers and relays must not be left asleep.
@@ -203,15 +293,20 @@ impl Writer {
                 }
                 self.wake(&woke);
                 let answers: Vec<(Cmd, Reply)> = batch.drain(..).zip(replies).collect();
-                let undelivered = match &self.dispatch {
-                    Some(d) => d.send(answers).err().map(|e| e.0),
+                let unsynced = match &self.syncer {
+                    Some(s) => {
+                        let r = s.submit(answers).err();
+                        self.unflushed += usize::from(r.is_none());
+                        r
+                    }
                     None => Some(answers),
                 };
-                if let Some(answers) = undelivered {
-                    // No dispatcher, or its runtime is gone: answer here.
-                    self.dispatch = None;
-                    for (cmd, reply) in answers {
-                        cmd.answer(reply);
+                if let Some(answers) = unsynced {
+                    if self.syncer.take().is_some() {
+                        // The syncer thread is gone (it cannot be, but if it were): flush here.
+                        self.flush_inline(answers);
+                    } else {
+                        syncer::deliver(&mut self.dispatch, answers);
                     }
                 }
             }
@@ -224,7 +319,30 @@ impl Writer {
                 let cmds: Vec<Cmd> = std::mem::take(batch);
                 for cmd in cmds {
                     let mut one = vec![cmd];
-                    self.execute(&mut one);
+                    self.execute(&mut one, None);
+                }
+            }
+        }
+    }
+
+    /// Flushes the log on this thread and answers; SQLite flushes every later commit itself.
+    fn flush_inline(&mut self, answers: Vec<(Cmd, Reply)>) {
+        let synced = std::fs::File::open(syncer::wal_path(&self.cfg.path))
+            .and_then(|f| f.sync_data())
+            .and_then(|()| {
+                self.conn
+                    .pragma_update(None, "synchronous", Synchronous::Full.as_str())
+                    .map_err(std::io::Error::other)
+            });
+        match synced {
+            Ok(()) => syncer::deliver(&mut self.dispatch, answers),
+            Err(e) => {
+                self.shared.sync.poisoned.store(true, Ordering::Release);
+                for (cmd, _) in answers {
+                    cmd.fail(TransportError::Backend {
+                        backend: "sqlite",
+                        message: format!("committed, but flushing the log failed ({e})"),
+                    });
                 }
             }
         }
@@ -246,7 +364,11 @@ impl Writer {
         }
     }
 
-    fn transaction(&mut self, batch: &[Cmd]) -> Result<(Vec<Reply>, ops::Woken), TransportError> {
+    fn transaction(
+        &mut self,
+        batch: &mut Vec<Cmd>,
+        more: Option<&mpsc::Receiver<Cmd>>,
+    ) -> Result<(Vec<Reply>, ops::Woken), TransportError> {
         let (path, busy_ms) = (self.path.clone(), self.busy_ms);
         let map = |e| map_error(&path, e, busy_ms);
         let tx = self
@@ -257,7 +379,7 @@ impl Writer {
         let now = ops::now_us();
         let mut replies = Vec::with_capacity(batch.len());
         let mut woke = ops::Woken::default();
-        for cmd in batch {
+        let mut apply = |cmd: &Cmd, replies: &mut Vec<Reply>| {
             let reply = ops::apply(&tx, &mut self.topology, &self.cfg, now, cmd, &mut woke)
                 .map_err(|e| match e {
                     ops::OpError::Db(e) => map(e),
@@ -268,6 +390,38 @@ impl Writer {
                 // A command-level error (no write was made) is that command's answer alone.
                 Err(e) if !e.is_db() => replies.push(Reply::Err(e)),
                 Err(e) => return Err(e),
+            }
+            Ok(())
+        };
+        for cmd in batch.iter() {
+            apply(cmd, &mut replies)?;
+        }
+        if let Some(rx) = more {
+            while self.unflushed > 0 && batch.len() < self.cfg.max_batch {
+                let cmd = match rx.recv_timeout(MAX_IDLE_SLEEP) {
+                    Ok(cmd) => cmd,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.syncer.as_ref().is_none_or(Syncer::is_gone) {
+                            self.unflushed = 0;
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                match cmd {
+                    Cmd::Flushed { batches } => {
+                        self.unflushed = self.unflushed.saturating_sub(batches);
+                    }
+                    Cmd::Shutdown { .. } => {
+                        self.stashed.push(cmd);
+                        break;
+                    }
+                    cmd => {
+                        let r = apply(&cmd, &mut replies);
+                        batch.push(cmd);
+                        r?;
+                    }
+                }
             }
         }
         tx.commit().map_err(map)?;

@@ -65,6 +65,9 @@ pub struct BrokerRun {
     pub writer_transactions: u64,
     /// Commands (publish batches, claims, settlements) per committed transaction.
     pub commands_per_transaction: f64,
+    /// Flushes of the write-ahead log by the broker's syncer thread during the run (each covers
+    /// every transaction committed before it; 0 unless `synchronous=FULL`).
+    pub wal_syncs: u64,
 }
 
 /// How long the run may go without any ack progress before it is declared stuck.
@@ -114,6 +117,7 @@ pub async fn run_on<H: EnvelopeHandler>(
         r.writer_transactions = writer_after.transactions - writer_before.transactions;
         r.commands_per_transaction = (writer_after.commands - writer_before.commands) as f64
             / r.writer_transactions.max(1) as f64;
+        r.wal_syncs = writer_after.wal_syncs - writer_before.wal_syncs;
         let per_msg = |pick: fn(&(u64, u64)) -> u64| -> BTreeMap<String, f64> {
             after
                 .iter()
@@ -208,6 +212,7 @@ async fn drive(
                 runq_wait_us_per_msg: BTreeMap::new(),
                 writer_transactions: 0,
                 commands_per_transaction: 0.0,
+                wal_syncs: 0,
             });
         }
         if c.acked != last_acked {
@@ -267,6 +272,7 @@ pub fn sched_of_this_thread() -> Option<(u64, u64)> {
 fn thread_label(comm: &str) -> String {
     match comm {
         "eventyard-sqlit" | "eventyard-sqlite" => "sqlite_writer".into(),
+        "eventyard-walsy" | "eventyard-walsync" => "wal_syncer".into(),
         c if c.starts_with("tokio-r") => "tokio_workers".into(),
         "yard" => "main".into(),
         other => other.into(),

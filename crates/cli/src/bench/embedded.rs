@@ -408,10 +408,12 @@ pub fn table(r: &EmbeddedReport) -> String {
     if let Some(b) = r.broker_runs.first() {
         let _ = writeln!(
             o,
-            "broker writer: {} transactions for {} messages, {:.1} commands per transaction (run 1)",
+            "broker writer: {} transactions for {} messages, {:.1} commands per transaction, {} log \
+             flushes (run 1)",
             thousands(b.writer_transactions as f64),
             thousands(b.messages as f64),
-            b.commands_per_transaction
+            b.commands_per_transaction,
+            thousands(b.wal_syncs as f64)
         );
     }
     if !r.cpu_us_per_msg.is_empty() {
