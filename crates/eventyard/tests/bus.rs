@@ -1,15 +1,18 @@
 //! The bus over the embedded broker: propagation, classification, retries, poison messages,
-//! panics, topology styles and graceful shutdown.
+//! panics, topology styles, graceful shutdown, and slots freed while settlements are confirmed.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use eventyard::{
-    Bus, BusError, ConsumerOptions, Envelope, Event, HandlerError, Message, MessageContext,
-    OutgoingMessage, Properties, RetryPolicy, SubQueue, TenantId, TopologyStyle,
+    Bus, BusError, Capabilities, ConsumerOptions, Delivery, Envelope, Event, HandlerError, Message,
+    MessageContext, OutgoingMessage, Properties, Receiver, RetryPolicy, Settle, Settlement,
+    SubQueue, SubscriptionSpec, TenantId, TopologyStyle, Transport, TransportError,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OrderPlaced {
@@ -56,6 +59,18 @@ fn tenant(s: &str) -> TenantId {
 
 fn fast_retry(attempts: u32) -> RetryPolicy {
     RetryPolicy::exponential(attempts, Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// A handler that counts the events it handles.
+fn counting<E: Send + 'static>(
+    n: &Arc<AtomicU32>,
+) -> impl Fn(E, MessageContext) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static
+{
+    let n = n.clone();
+    move |_, _| {
+        n.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
 }
 
 async fn wait_until(what: &str, f: impl Fn() -> bool) {
@@ -404,26 +419,13 @@ async fn topic_per_context_routes_by_type_filter() {
     );
     let orders = Arc::new(AtomicU32::new(0));
     let invoices = Arc::new(AtomicU32::new(0));
-    let (o, i) = (orders.clone(), invoices.clone());
     let c1 = bus
         .subscription("sales.orders")
-        .handle(move |_: OrderPlaced, _c: MessageContext| {
-            let o = o.clone();
-            async move {
-                o.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .handle(counting::<OrderPlaced>(&orders))
         .await
         .unwrap();
     bus.subscription("sales.invoices")
-        .handle(move |_: InvoiceIssued, _c: MessageContext| {
-            let i = i.clone();
-            async move {
-                i.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .handle(counting::<InvoiceIssued>(&invoices))
         .await
         .unwrap();
     assert_eq!(c1.spec().topic, "sales");
@@ -655,4 +657,126 @@ async fn dead_letter_context_carries_the_failure_history() {
     );
     bus.shutdown().await.unwrap();
     eventyard::Transport::close(&broker).await.unwrap();
+}
+
+/// The embedded broker, except that every settlement waits for a permit of `gate` first: a
+/// broker slow to confirm acknowledgements.
+struct SlowSettles {
+    inner: Arc<dyn Transport>,
+    gate: Arc<Semaphore>,
+}
+
+struct GatedReceiver {
+    inner: Box<dyn Receiver>,
+    gate: Arc<Semaphore>,
+}
+
+struct GatedSettle {
+    inner: Delivery,
+    gate: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl Settle for GatedSettle {
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), TransportError> {
+        let _permit = self.gate.acquire().await.unwrap();
+        self.inner.settle(settlement).await
+    }
+}
+
+#[async_trait]
+impl Receiver for GatedReceiver {
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        let batch = self.inner.receive(max, wait).await?;
+        Ok(batch
+            .into_iter()
+            .map(|d| {
+                Delivery::new(
+                    d.message.clone(),
+                    d.delivery_count,
+                    d.enqueued_at,
+                    d.sequence,
+                    d.subscription.clone(),
+                    Box::new(GatedSettle {
+                        inner: d,
+                        gate: self.gate.clone(),
+                    }),
+                )
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Transport for SlowSettles {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn ensure_subscription(&self, spec: &SubscriptionSpec) -> Result<(), TransportError> {
+        self.inner.ensure_subscription(spec).await
+    }
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), TransportError> {
+        self.inner.delete_subscription(topic, name).await
+    }
+    async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<(), TransportError> {
+        self.inner.publish(topic, messages).await
+    }
+    async fn receiver(
+        &self,
+        topic: &str,
+        subscription: &str,
+        queue: SubQueue,
+    ) -> Result<Box<dyn Receiver>, TransportError> {
+        Ok(Box::new(GatedReceiver {
+            inner: self.inner.receiver(topic, subscription, queue).await?,
+            gate: self.gate.clone(),
+        }))
+    }
+    async fn close(&self) -> Result<(), TransportError> {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_handler_frees_its_slot_while_its_ack_is_confirmed_up_to_a_bound() {
+    let fx = Fixture::new();
+    let broker = eventyard::sqlite::SqliteBroker::open_url(&fx.url()).unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let bus = Bus::new(Arc::new(SlowSettles {
+        inner: Arc::new(broker),
+        gate: gate.clone(),
+    }));
+    let handled = Arc::new(AtomicU32::new(0));
+    let consumer = bus
+        .subscription("orders")
+        .options(ConsumerOptions {
+            concurrency: 1,
+            ..ConsumerOptions::default()
+        })
+        .handle(counting::<OrderPlaced>(&handled))
+        .await
+        .unwrap();
+    let t = tenant("connectsoft");
+    for n in 0..3 {
+        bus.publish(&t, &OrderPlaced { n }).await.unwrap();
+    }
+    // One handler at a time. The first's ack waits at the gate, yet the second handler runs:
+    // its slot was freed. The second's ack finds the one settling place taken and keeps its
+    // slot, so the third waits.
+    wait_until("two handlers ran", || handled.load(Ordering::SeqCst) == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 2, "the bound was not kept");
+    assert_eq!(consumer.counts().acked, 0, "nothing confirmed yet");
+    gate.add_permits(100);
+    wait_until("all acked", || consumer.counts().acked == 3).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 3);
+    bus.shutdown().await.unwrap();
 }

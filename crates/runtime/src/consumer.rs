@@ -32,7 +32,10 @@ use crate::retry::RetryPolicy;
 /// Settings of one consumer. Every field documents its default.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
-    /// Handlers running at once (and messages locked at once). Default 32.
+    /// Handlers running at once. Default 32. A message whose handler has finished while the
+    /// broker has not yet confirmed its settlement (ack, retry, dead-letter) frees its slot for
+    /// the next message; up to `concurrency` such settlements may be pending, so at most twice
+    /// `concurrency` messages are locked at once. The slot is not freed early when that many are.
     pub concurrency: usize,
     /// Retry policy. Default: [`RetryPolicy::default`] (5 attempts, 2 s → 2 min).
     pub retry: RetryPolicy,
@@ -124,6 +127,8 @@ pub(crate) async fn run(
 ) {
     let spec = Arc::new(spec);
     let permits = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
+    // Settlements awaiting the broker's confirmation after their handler's slot was freed.
+    let settling = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
     let workers = tokio::runtime::Handle::current()
@@ -214,14 +219,12 @@ pub(crate) async fn run(
                 break;
             }
             let spec = spec.clone();
+            let settling = settling.clone();
             tasks.spawn(async move {
-                let spec = &spec;
+                let (spec, settling) = (&spec, &settling);
                 let mut running: FuturesUnordered<_> = chunk
                     .into_iter()
-                    .map(|(delivery, permit)| async move {
-                        process(spec, delivery).await;
-                        drop(permit);
-                    })
+                    .map(|(delivery, permit)| process(spec, delivery, permit, settling))
                     .collect();
                 while running.next().await.is_some() {}
             });
@@ -255,7 +258,15 @@ struct Failure {
     chain: Vec<String>,
 }
 
-async fn process(spec: &ConsumerSpec, delivery: Delivery) {
+/// Runs one delivery through its handler and settles it. `slot` (one of the consumer's
+/// `concurrency` permits) is freed once the handler is done, if one of the `settling` permits
+/// can take its place while the settlement is confirmed; otherwise it is held to the end.
+async fn process(
+    spec: &ConsumerSpec,
+    delivery: Delivery,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    settling: &Arc<Semaphore>,
+) {
     let attempt = delivery.delivery_count;
     let size = delivery.message.body.len();
     let parsed = if size > spec.options.max_message_bytes {
@@ -342,6 +353,16 @@ async fn process(spec: &ConsumerSpec, delivery: Delivery) {
             description: description.clone(),
             context: fault_context(spec, &delivery, reason, description, failure.as_ref()),
         }),
+    };
+    // The handler is done: free its slot for the next message while the broker confirms the
+    // settlement (a commit, a flush), unless too many settlements are pending already.
+    // Whichever permit is held is released when this function returns.
+    let _held = match settling.clone().try_acquire_owned() {
+        Ok(settling) => {
+            drop(slot);
+            settling
+        }
+        Err(_) => slot,
     };
     let counter = match &outcome {
         Outcome::Ack => &spec.stats.acked,
