@@ -100,7 +100,7 @@ pub struct LoadArgs {
     /// Concurrent publisher tasks in the broker run.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     pub publishers: u64,
-    /// Consumer concurrency (handlers running at once = messages locked at once).
+    /// Consumer concurrency (handlers running at once; see `ConsumerOptions::concurrency`).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,
     /// Publishers pause while more than this many messages are published but not yet
