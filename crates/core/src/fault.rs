@@ -66,8 +66,17 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The key an idempotent consumer dedups on (SPEC §3):
 /// `sha256(eventId + ":" + handlerName + ":" + targetAggregateId)`, as 64 hex characters.
+///
+/// It also carries the event id's leading 48 bits (the creation time of a UUIDv7 id, as
+/// generated ids are), so that stores can keep keys in event order:
+/// [`IdempotencyKey::storage_key`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey {
+    /// 12 hex characters: the event id's leading 48 bits.
+    order: String,
+    /// The SPEC's key.
+    hash: String,
+}
 
 impl IdempotencyKey {
     /// Computes the key.
@@ -78,18 +87,40 @@ impl IdempotencyKey {
         h.update(handler.as_bytes());
         h.update(b":");
         h.update(target_aggregate_id.as_bytes());
-        IdempotencyKey(hex(&h.finalize()))
+        IdempotencyKey {
+            order: event_order(event_id.as_str()),
+            hash: hex(&h.finalize()),
+        }
     }
 
-    /// The key as hex text.
+    /// The key as hex text (the SPEC's key).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.hash
     }
+
+    /// The key as an ordered store keeps it: the event id's leading 48 bits in hex (12
+    /// characters), then the 64 of the key. Keys of events created together sort together,
+    /// so an index on it grows at its end (a few pages per transaction) instead of taking every
+    /// new key on a random page of the whole index, as the hash alone would.
+    pub fn storage_key(&self) -> String {
+        format!("{}{}", self.order, self.hash)
+    }
+}
+
+/// The leading 48 bits of the UUID in an event id (`evt-<uuid>`), as 12 hex characters; for a
+/// UUIDv7 that is its creation time in milliseconds. Ids that are not `evt-<uuid>` (which
+/// [`EventId::parse`] does not let through) give 12 zeros.
+pub fn event_order(event_id: &str) -> String {
+    event_id
+        .strip_prefix("evt-")
+        .and_then(|u| uuid::Uuid::try_parse(u).ok())
+        .map(|u| hex(&u.as_bytes()[..6]))
+        .unwrap_or_else(|| "0".repeat(12))
 }
 
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.hash)
     }
 }
 
@@ -144,5 +175,32 @@ mod tests {
         assert_eq!(k.as_str(), hex(&h.finalize()));
         assert_ne!(k, IdempotencyKey::new(&e, "billing.invoice", "order-2"));
         assert_ne!(k, IdempotencyKey::new(&e, "shipping", "order-1"));
+    }
+
+    #[test]
+    fn storage_keys_follow_event_creation_order_and_end_with_the_spec_key() {
+        let ids: Vec<EventId> = (0..3)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                EventId::generate()
+            })
+            .collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| IdempotencyKey::new(id, "billing", "order-1").storage_key())
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        let k = IdempotencyKey::new(&ids[0], "billing", "order-1");
+        assert_eq!(k.storage_key().len(), 76);
+        assert!(k.storage_key().ends_with(k.as_str()));
+        let id = EventId::parse("evt-0190b6a2-7c1e-7c4a-9f3e-2b8f5c1d9e00").unwrap();
+        assert_eq!(event_order(id.as_str()), "0190b6a27c1e");
+        assert_eq!(
+            event_order("evt-0190B6A27C1E7C4A9F3E2B8F5C1D9E00"),
+            "0190b6a27c1e",
+            "any UUID text form"
+        );
     }
 }

@@ -104,6 +104,7 @@ impl Inbox {
         E: Send + 'static,
     {
         let key = IdempotencyKey::new(&envelope.event_id, handler, target_aggregate_id);
+        let stored_key = key.storage_key();
         let tenant = envelope.tenant_id.clone();
         let handler = handler.to_owned();
         let event_id = envelope.event_id.to_string();
@@ -119,7 +120,7 @@ impl Inbox {
                 let stored: Option<(String, String)> = tx
                     .prepare_cached("SELECT tenant, result FROM inbox WHERE key = ?1")
                     .and_then(|mut s| {
-                        s.query_row(params![key.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                        s.query_row(params![stored_key], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()
                     })
                     .map_err(db)?;
@@ -152,7 +153,7 @@ impl Inbox {
                 )
                 .and_then(|mut s| {
                     s.execute(params![
-                        key.as_str(),
+                        stored_key,
                         tenant.as_str(),
                         handler,
                         event_id,
@@ -172,7 +173,7 @@ impl Inbox {
 
     /// True if the key was recorded (and not yet cleaned up).
     pub async fn contains(&self, key: &IdempotencyKey) -> Result<bool, TransportError> {
-        let key = key.to_string();
+        let key = key.storage_key();
         self.broker
             .transaction(move |tx| {
                 tx.query_row("SELECT 1 FROM inbox WHERE key = ?1", params![key], |_| {

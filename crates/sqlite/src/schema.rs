@@ -15,8 +15,10 @@ use crate::error::map_open_error;
 
 /// `PRAGMA application_id` of an eventyard data file ("EYRD").
 pub const APPLICATION_ID: i64 = 0x4559_5244;
-/// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// Current schema version (`PRAGMA user_version`). 2: inbox keys are stored as
+/// [`IdempotencyKey::storage_key`](eventyard_core::IdempotencyKey::storage_key) (event order,
+/// then the hash); version 1 files are migrated on open.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -188,9 +190,35 @@ fn bootstrap(conn: &Connection, cfg: &SqliteConfig) -> rusqlite::Result<Result<(
     }
     // The DDL is idempotent (IF NOT EXISTS): applying it on every open also adds indexes and
     // tables introduced since the file was created at the same schema version.
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {DDL} PRAGMA application_id = {APPLICATION_ID}; \
-         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-    ))?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {DDL}"))?;
+    let migrated = migrate(conn).and_then(|()| {
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; \
+             COMMIT;"
+        ))
+    });
+    if migrated.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    migrated?;
     Ok(Ok(()))
+}
+
+/// Brings the rows of an older file to the current version, inside the bootstrap transaction
+/// (read again under its lock, so two processes opening an old file migrate it once).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if (1..2).contains(&version) {
+        // Version 1 stored inbox keys as the bare 64-character hash.
+        let old: Vec<(String, String)> = conn
+            .prepare("SELECT key, event_id FROM inbox WHERE length(key) = 64")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut update = conn.prepare("UPDATE inbox SET key = ?1 WHERE key = ?2")?;
+        for (key, event_id) in old {
+            let order = eventyard_core::fault::event_order(&event_id);
+            update.execute(rusqlite::params![format!("{order}{key}"), key])?;
+        }
+    }
+    Ok(())
 }

@@ -159,3 +159,52 @@ fn concurrent_first_opens_of_one_new_file_all_succeed() {
         }
     }
 }
+
+/// A data file of schema version 1 (inbox keys stored as the bare hash) is migrated on open:
+/// the keys it recorded still deduplicate, and new keys are stored in event order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_inbox_is_migrated_and_still_deduplicates() {
+    use eventyard_core::IdempotencyKey;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    drop(SqliteBroker::open(SqliteConfig::new(&path)).unwrap());
+    let env = eventyard_core::Envelope::new(
+        eventyard_core::EventType::event("ProjectCreated").unwrap(),
+        eventyard_core::TenantId::parse("acme").unwrap(),
+        serde_json::json!({"n": 1}),
+    );
+    let key = IdempotencyKey::new(&env.event_id, "billing", "order-1");
+    // What version 1 wrote: the bare hash as the key.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "INSERT INTO inbox (key, tenant, handler, event_id, result, handled_at)
+         VALUES (?1, 'acme', 'billing', ?2, '41', 0)",
+        rusqlite::params![key.as_str(), env.event_id.as_str()],
+    )
+    .unwrap();
+    c.execute_batch("PRAGMA user_version = 1").unwrap();
+    drop(c);
+    let b = SqliteBroker::open(SqliteConfig::new(&path)).unwrap();
+    let inbox = b.inbox();
+    assert!(inbox.contains(&key).await.unwrap());
+    let out = inbox
+        .run(&env, "billing", "order-1", |_tx| Ok::<i64, String>(42))
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, eventyard_sqlite::InboxOutcome::Duplicate(41)),
+        "the migrated key was not found"
+    );
+    let stored: (String, i64) = b
+        .transaction(|tx| {
+            tx.query_row(
+                "SELECT key, (SELECT user_version FROM pragma_user_version) FROM inbox",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, (key.storage_key(), 2));
+}
