@@ -245,8 +245,9 @@ async fn watchdog(state: Weak<Mutex<Standing>>, ctx: Arc<RxContext>, tag: String
     }
 }
 
-/// Gives back deliveries never handed out: republishes unchanged copies (publisher-confirmed),
-/// then acks the originals (see [`republish_then_ack`]).
+/// Gives back deliveries never handed out: republishes unchanged copies (publisher-confirmed;
+/// a broker redelivery's copy counts that delivery, as its receipt would have), then acks the
+/// originals (see [`republish_then_ack`]).
 pub(crate) async fn give_back(ctx: &Arc<RxContext>, rx: &RxChannel, raw: Vec<message::Delivery>) {
     if raw.is_empty() {
         return;
@@ -254,8 +255,16 @@ pub(crate) async fn give_back(ctx: &Arc<RxContext>, rx: &RxChannel, raw: Vec<mes
     let mut copies = Vec::with_capacity(raw.len());
     for d in raw {
         let (props, meta) = headers::decode(d.properties.headers().as_ref());
+        // A redelivery (its earlier consumer's channel closed with it unsettled) is counted on
+        // receipt; the copy cannot carry the flag, so it carries the count instead.
+        let deliveries = if d.redelivered {
+            meta.deliveries.saturating_add(1)
+        } else {
+            meta.deliveries
+        };
         let meta = Meta {
             delay_ms: None,
+            deliveries,
             ..meta
         };
         let target = Target::Queue(ctx.own_queue().to_owned());

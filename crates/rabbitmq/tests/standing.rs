@@ -179,3 +179,42 @@ async fn a_larger_batch_gets_a_larger_prefetch() {
     ack_all(got).await;
     assert_nothing(&mut *rx, Duration::from_millis(300)).await;
 }
+
+/// A broker redelivery (its consumer's connection closed with it unsettled) that an idle
+/// receiver's consumer was pushed and gave back keeps that delivery counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_given_back_stays_counted() {
+    let Some(case) = Case::new(1).await else {
+        return;
+    };
+    case.publish(0..1).await;
+    let crashing = case.factory.connect().await;
+    let mut first = case.receiver_on(&*crashing).await;
+    let held = receive_exactly(&mut *first, 1, PATIENCE).await.remove(0);
+    // Another receiver opens its consumer (nothing to receive yet), then stops asking.
+    let mut idle = case.receiver().await;
+    let nothing = idle
+        .receive(4, Duration::from_millis(50))
+        .await
+        .expect("receive");
+    assert!(nothing.is_empty());
+    std::mem::forget(held); // a crash: no release
+    crashing.close().await.expect("close");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        case.depth().await,
+        0,
+        "the redelivery went to the idle consumer"
+    );
+
+    let mut other = case.receiver().await;
+    let again = receive_exactly(&mut *other, 1, PATIENCE).await.remove(0);
+    assert_eq!(event_id_of(&again), outgoing_event_id(&case.sent[0]));
+    assert_eq!(
+        again.delivery_count, 2,
+        "the crashed delivery must stay counted when the redelivery is given back"
+    );
+    again.ack().await.expect("ack");
+    drop(idle);
+}
