@@ -54,8 +54,8 @@
 //! `receive` hands the message out. Acks are batched per channel (`multiple` for the acked
 //! prefix) and not awaited inline.
 //!
-//! **Locks** are emulated: each delivery has a timer; when it fires before settlement the message
-//! is republished (counted) and the original acked, and settling afterwards fails with
+//! **Locks** are emulated: each delivery has a lock deadline in its receiver's lock timer (one
+//! task per receiver, see `locks`); when it passes before settlement the message is republished (counted) and the original acked, and settling afterwards fails with
 //! `LockLost`. A delivery dropped unsettled is released the same way at once
 //! ([`Capabilities::release_on_drop`](eventyard_core::Capabilities)). Closing a receiver's
 //! channel (or losing the connection) makes the broker requeue its unsettled messages, which is
@@ -94,6 +94,7 @@ mod config;
 mod connection;
 mod delay;
 mod headers;
+mod locks;
 mod names;
 mod publish;
 mod receive;

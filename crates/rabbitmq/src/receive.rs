@@ -32,9 +32,16 @@ use tokio::time::Instant;
 use crate::acker::Acker;
 use crate::connection::{OpError, is_connection_error, is_not_found, map_err, with_retry};
 use crate::headers;
+use crate::locks::LockTimer;
 use crate::publish::Outgoing;
-use crate::settle::{AmqpSettle, Held, RxChannel, RxContext};
+use crate::settle::{AmqpSettle, Held, Inflight, RxChannel, RxContext};
 use crate::standing::{self, Standing};
+
+/// `at + d`, saturating about a century ahead instead of overflowing (a lock "forever").
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
 
 /// Process-wide receiver ids: they make sequence numbers and consumer tags unique.
 static RECEIVER_IDS: AtomicU64 = AtomicU64::new(1);
@@ -58,6 +65,8 @@ pub(crate) struct AmqpReceiver {
     state: Arc<Mutex<Standing>>,
     /// A consumer start in progress (kept across a dropped `receive`).
     starting: Option<tokio::task::JoinHandle<Result<(), lapin::Error>>>,
+    /// The locks of the deliveries handed out.
+    locks: Arc<LockTimer>,
 }
 
 /// What [`AmqpReceiver::fill`] found.
@@ -83,6 +92,7 @@ impl AmqpReceiver {
             largest: 0,
             state: Standing::shared(),
             starting: None,
+            locks: Arc::default(),
         }
     }
 
@@ -244,24 +254,30 @@ impl AmqpReceiver {
                 properties: props,
             };
             let enqueued_at = headers::time_of(held.enqueued_at_ms());
-            let settle = AmqpSettle::start(
-                held,
-                tag,
-                sequence,
-                count,
-                settings.lock(),
-                ctx.clone(),
-                rx.clone(),
-            );
-            out.push(Delivery::new(
-                message,
-                count,
-                enqueued_at,
-                sequence,
-                ctx.subscription.clone(),
-                Box::new(settle),
-            ));
+            let inflight = Inflight::new(held, tag, sequence, count, ctx.clone(), rx.clone());
+            out.push((message, count, enqueued_at, sequence, inflight));
         }
+        // The locks start now, at hand-out, all in one entry of the receiver's lock timer.
+        let deadline = later(Instant::now(), settings.lock());
+        let slots = self
+            .locks
+            .lock_all(deadline, out.iter().map(|o| o.4.clone()).collect());
+        let out: Vec<Delivery> = out
+            .into_iter()
+            .zip(slots)
+            .map(
+                |((message, count, enqueued_at, sequence, inflight), slot)| {
+                    Delivery::new(
+                        message,
+                        count,
+                        enqueued_at,
+                        sequence,
+                        ctx.subscription.clone(),
+                        Box::new(AmqpSettle::new(inflight, slot)),
+                    )
+                },
+            )
+            .collect();
         if !jobs.is_empty() {
             let (manager, rx, job) = (ctx.manager.clone(), rx.clone(), self.ctx.tracker.job());
             tokio::spawn(async move {
@@ -340,5 +356,6 @@ impl Drop for AmqpReceiver {
         // The consumer is cancelled and what it buffered goes back unchanged (not counted);
         // a start still in progress finds the receiver retired and does the same.
         standing::retire_in_background(self.state.clone(), self.ctx.clone(), self.rx.take());
+        self.locks.orphan();
     }
 }
