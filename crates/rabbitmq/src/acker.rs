@@ -172,9 +172,9 @@ async fn run(
     let mut transport_gone = false;
     loop {
         // Under load, let acknowledgements gather for a moment: one `multiple` ack instead of
-        // one frame (and one I/O-loop hand-off) per message. Ack latency is not on any
-        // delivery path: every `receive` starts a fresh consumer, whose prefetch does not count
-        // the previous consumers' unacknowledged messages.
+        // one frame (and one I/O-loop hand-off) per message. The delay holds prefetch credit of
+        // the receiver's standing consumer for 1 ms at most, against a prefetch of a whole
+        // batch.
         let gathering = {
             let s = lock(&acker.state);
             !s.pending.is_empty() && s.pending.len() < GATHER && !s.shutdown

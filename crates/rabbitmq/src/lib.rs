@@ -33,10 +33,10 @@
 //! **Classic queues by default, quorum queues as an option** ([`AmqpConfig::queue_type`]).
 //! Classic queues are what the performance baseline measures and cost one Erlang process each,
 //! where a quorum queue is a Raft cluster with its own log (deployments with a subscription per
-//! consumer group have many queues). Receiving (below) cancels a consumer per `receive` and
-//! relies on no delivery following the cancel-ok: for a classic queue the queue process itself
-//! sends the cancel-ok after that consumer's deliveries; quorum queues passed probes of that and
-//! the whole conformance suite too (feature `quorum-tests`), but creating and expiring dozens of
+//! consumer group have many queues). Receiving (below) cancels idle consumers and relies on no
+//! delivery following the cancel-ok: for a classic queue the queue process itself sends the
+//! cancel-ok after that consumer's deliveries; quorum queues passed probes of that and the
+//! whole conformance suite too (feature `quorum-tests`), but creating and expiring dozens of
 //! them on a busy single node has stalled RabbitMQ 3.10 for minutes in our test runs. Quorum
 //! queues count deliveries (`x-delivery-count`), but the
 //! transport carries its own count (header `x-eventyard-deliveries`, incremented on every
@@ -45,13 +45,17 @@
 //! `redelivered` flag) is counted once more on receipt, so a message that keeps crashing its
 //! consumer still reaches `max_delivery_count` and the dead-letter queue.
 //!
-//! **Receiving** (see `receive`): a consumer exists only while `receive` waits, with the prefetch
-//! set to the requested batch size, so a receiver never hoards messages its application did not
-//! ask for and competing receivers share fairly. Acks are batched per channel (`multiple` for the
-//! acked prefix) and not awaited inline.
+//! **Receiving** (see `receive` and `standing`): a receiver keeps one consumer open while its
+//! `receive` calls keep coming, with the prefetch set to the largest batch it asked for (under
+//! the runtime, its free handler slots), so it holds back from competing receivers at most what
+//! its application is about to ask for. A consumer without a `receive` for 500 ms, a dropped
+//! receiver's and every consumer at `close` are cancelled, and what they were pushed but never
+//! handed out is given back uncounted (copy republished, original acked). A lock starts when
+//! `receive` hands the message out. Acks are batched per channel (`multiple` for the acked
+//! prefix) and not awaited inline.
 //!
-//! **Locks** are emulated: each delivery has a timer; when it fires before settlement the message
-//! is republished (counted) and the original acked, and settling afterwards fails with
+//! **Locks** are emulated: each delivery has a lock deadline in its receiver's lock timer (one
+//! task per receiver, see `locks`); when it passes before settlement the message is republished (counted) and the original acked, and settling afterwards fails with
 //! `LockLost`. A delivery dropped unsettled is released the same way at once
 //! ([`Capabilities::release_on_drop`](eventyard_core::Capabilities)). Closing a receiver's
 //! channel (or losing the connection) makes the broker requeue its unsettled messages, which is
@@ -90,10 +94,12 @@ mod config;
 mod connection;
 mod delay;
 mod headers;
+mod locks;
 mod names;
 mod publish;
 mod receive;
 mod settle;
+mod standing;
 mod topology;
 mod transport;
 

@@ -1,12 +1,11 @@
-//! Receiving: one channel per receiver, a consumer only while `receive` runs.
+//! Receiving: one channel per receiver, a standing consumer while `receive` calls keep coming
+//! (see `standing`).
 //!
-//! Each `receive(max, wait)` sets the channel's prefetch to `max`, starts a consumer
-//! (`basic.consume`), waits for the first delivery (or the end of the wait, or `close`), cancels
-//! the consumer and collects what the broker pushed before the cancel-ok (RabbitMQ's classic
-//! queues send the cancel-ok after every delivery to that consumer, and the prefetch bounds them
-//! by `max`). So a receiver never holds messages its application did not ask for: competing
-//! receivers only get messages while they wait for them, and a message released by one receiver
-//! goes to whichever receiver asks next.
+//! `receive(max, wait)` hands out what the consumer's buffer holds (up to `max`), else waits
+//! for the broker's next push, up to `wait`. The consumer's prefetch is the largest `max` the
+//! receiver asked for, which bounds what it holds back from competing receivers; a consumer
+//! with a smaller prefetch than a `receive` asks for is replaced. A receiver that stops asking
+//! gives its buffer back after `standing::IDLE`.
 //!
 //! Before handing a message out the receiver completes what the broker cannot do:
 //! - a message that arrived from a delay queue before its `not-before` time is delayed again;
@@ -17,8 +16,8 @@
 //! - a message not matching a client-side filter is acked and dropped.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,25 +25,31 @@ use bytes::Bytes;
 use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
 use eventyard_core::{DeadLetterInfo, Delivery, Message, Receiver, TransportError};
 use futures::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Consumer, message};
-use tokio::sync::watch;
+use lapin::message;
+use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
 use crate::acker::Acker;
-use crate::connection::{
-    Manager, OpError, is_connection_error, is_not_found, lock, map_err, with_retry,
-};
-use crate::headers::{self, Meta};
-use crate::publish::{self, Outgoing, Target};
-use crate::settle::{AmqpSettle, Held, RxChannel, RxContext};
+use crate::connection::{OpError, is_connection_error, is_not_found, map_err, with_retry};
+use crate::headers;
+use crate::locks::LockTimer;
+use crate::publish::Outgoing;
+use crate::settle::{AmqpSettle, Held, Inflight, RxChannel, RxContext};
+use crate::standing::{self, Standing};
+
+/// `at + d`, saturating about a century ahead instead of overflowing (a lock "forever").
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
 
 /// Process-wide receiver ids: they make sequence numbers and consumer tags unique.
 static RECEIVER_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// How long to wait for a cancel-ok's trailing deliveries (a safety bound; normally instant).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A `receive` whose wait is shorter than this and that had to start a consumer cancels it
+/// again before returning empty: the cancel-ok comes after every delivery of the consumer, so a
+/// poll (zero wait) still sees what the queue held.
+const POLL: Duration = Duration::from_millis(10);
 
 /// A receiver on a subscription's main or dead-letter queue.
 pub(crate) struct AmqpReceiver {
@@ -54,18 +59,23 @@ pub(crate) struct AmqpReceiver {
     next_sequence: u64,
     next_consumer: u64,
     rx: Option<Arc<RxChannel>>,
-    prefetch: u16,
-    /// The consumer of this `receive`, or of one that was interrupted (its future dropped).
-    active: Option<(Consumer, String)>,
-    /// Where a consumer being started is put once the broker confirmed it (the start runs as
-    /// a task, so a dropped `receive` cannot lose a consumer the broker already feeds).
-    starting: Arc<Mutex<Option<(Consumer, String)>>>,
-    /// Received from the broker, not yet handed out.
-    raw: VecDeque<message::Delivery>,
+    /// The largest batch asked for: the prefetch of the consumers started from now on.
+    largest: u16,
+    /// The standing consumer and its buffer, shared with its watchdog.
+    state: Arc<Mutex<Standing>>,
+    /// A consumer start in progress (kept across a dropped `receive`).
+    starting: Option<tokio::task::JoinHandle<Result<(), lapin::Error>>>,
+    /// The locks of the deliveries handed out.
+    locks: Arc<LockTimer>,
 }
 
-enum Pulled {
-    Ok,
+/// What [`AmqpReceiver::fill`] found.
+enum Step {
+    /// The buffer holds deliveries, or the wait ended.
+    Ready,
+    /// No consumer: start one.
+    Start,
+    /// The transport closed.
     Closed,
 }
 
@@ -79,21 +89,11 @@ impl AmqpReceiver {
             next_sequence: 1,
             next_consumer: 1,
             rx: None,
-            prefetch: 0,
-            active: None,
-            starting: Arc::new(Mutex::new(None)),
-            raw: VecDeque::new(),
+            largest: 0,
+            state: Standing::shared(),
+            starting: None,
+            locks: Arc::default(),
         }
-    }
-
-    /// Forgets the channel and what was received on it (after it closed: the broker requeued
-    /// its unacknowledged messages).
-    fn reset(&mut self) {
-        self.rx = None;
-        self.active = None;
-        lock(&self.starting).take();
-        self.raw.clear();
-        self.prefetch = 0;
     }
 
     async fn channel(&mut self) -> Result<Arc<RxChannel>, TransportError> {
@@ -102,7 +102,7 @@ impl AmqpReceiver {
         {
             return Ok(rx.clone());
         }
-        self.reset();
+        self.reset().await;
         let channel = with_retry(&self.ctx.manager, |live| async move {
             live.channel().await.map_err(OpError::from)
         })
@@ -113,108 +113,90 @@ impl AmqpReceiver {
         Ok(rx)
     }
 
-    /// Starts a consumer, waits for a first delivery (or the deadline, or close), then cancels
-    /// it and collects everything delivered to it.
-    ///
-    /// (The cancel cannot go out right behind the consume to save the wait: the broker's
-    /// channel registers a consumer only when its queue confirmed it, and answers a cancel of a
-    /// consumer it does not know yet with a cancel-ok — leaving the consumer running, its
-    /// deliveries unread and locked.)
-    async fn pull(
+    /// Forgets the channel and what was received on it (after it closed: the broker requeued
+    /// its unacknowledged messages).
+    async fn reset(&mut self) {
+        self.rx = None;
+        if let Some(start) = self.starting.take() {
+            start.abort();
+        }
+        self.state.lock().await.reset();
+    }
+
+    /// Starts a consumer (as a task, see `standing::start`) and waits until it is installed.
+    async fn start(&mut self, rx: &Arc<RxChannel>) -> Result<(), lapin::Error> {
+        let starting = match self.starting.take() {
+            Some(task) => task,
+            None => {
+                let channel_prefetch = self.state.lock().await.channel_prefetch;
+                let tag = format!("eventyard-{}-{}", self.id, self.next_consumer);
+                self.next_consumer += 1;
+                standing::start(
+                    &self.state,
+                    &self.ctx,
+                    rx,
+                    tag,
+                    self.largest.max(1),
+                    channel_prefetch,
+                )
+            }
+        };
+        let starting = self.starting.insert(starting);
+        let result = starting.await;
+        self.starting = None;
+        match result {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(format!("consumer start: {e}")).into()),
+        }
+    }
+
+    /// Fills the buffer: takes what the consumer has, else waits for its next delivery until
+    /// `deadline` (or close). `fresh`: the consumer was started by this `receive`.
+    async fn fill(
         &mut self,
-        rx: &RxChannel,
+        s: &mut Standing,
         max: usize,
         deadline: Instant,
-    ) -> Result<Pulled, lapin::Error> {
-        let prefetch = u16::try_from(max).unwrap_or(u16::MAX);
-        // A new prefetch goes out in the same write as the consume (lapin matches the replies),
-        // so a changed `max` costs no extra round trip; it applies to consumers started after it.
-        let qos = (self.prefetch != prefetch).then_some(prefetch);
-        self.prefetch = 0; // unknown until the qos-ok is in
-        let tag = format!("eventyard-{}-{}", self.id, self.next_consumer);
-        self.next_consumer += 1;
-        let (channel, queue, slot) = (
-            rx.channel.clone(),
-            self.ctx.own_queue().to_owned(),
-            self.starting.clone(),
-        );
-        let starting = tokio::spawn(async move {
-            let set_qos = async {
-                match qos {
-                    Some(n) => {
-                        channel
-                            .basic_qos(n, BasicQosOptions { global: false })
-                            .await
-                    }
-                    None => Ok(()),
-                }
-            };
-            let consume = channel.basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            );
-            let (qos_set, consumer) = tokio::join!(set_qos, consume);
-            let consumer = consumer?;
-            *lock(&slot) = Some((consumer, tag));
-            qos_set
-        });
-        match starting.await {
-            Ok(result) => result?,
-            Err(e) => return Err(std::io::Error::other(format!("consumer start: {e}")).into()),
+        fresh: bool,
+    ) -> Result<Step, lapin::Error> {
+        if s.live.as_ref().is_some_and(|l| l.prefetch < self.largest) {
+            s.finish().await?; // too small a prefetch: replaced below
         }
-        self.prefetch = prefetch;
-        let Some(started) = lock(&self.starting).take() else {
-            return Ok(Pulled::Ok);
+        s.take_ready(max)?;
+        if !s.raw.is_empty() {
+            return Ok(Step::Ready);
+        }
+        let Some(live) = s.live.as_mut() else {
+            return Ok(Step::Start);
         };
-        let (consumer, _) = self.active.insert(started);
         let first = tokio::select! {
             biased;
-            _ = self.closed.wait_for(|closed| *closed) => return Ok(Pulled::Closed),
-            item = consumer.next() => Some(item),
+            _ = self.closed.wait_for(|closed| *closed) => return Ok(Step::Closed),
+            item = live.consumer.next() => Some(item),
             () = tokio::time::sleep_until(deadline) => None,
         };
         match first {
             Some(Some(Ok(d))) => {
-                rx.acker.track(d.delivery_tag);
-                self.raw.push_back(d);
+                live.rx.acker.track(d.delivery_tag);
+                s.raw.push_back(d);
+                s.take_ready(max)?;
             }
             Some(Some(Err(e))) => return Err(e),
-            Some(None) => {
-                // Cancelled by the broker (queue deleted): the next consume reports it.
-                self.active = None;
-                return Ok(Pulled::Ok);
-            }
+            // Cancelled by the broker (queue deleted): the next consume reports it.
+            Some(None) => s.live = None,
+            None if fresh => s.finish().await?,
             None => {}
         }
-        self.finish_consumer(rx).await?;
-        Ok(Pulled::Ok)
-    }
-
-    /// Cancels the active consumer and collects its remaining deliveries.
-    async fn finish_consumer(&mut self, rx: &RxChannel) -> Result<(), lapin::Error> {
-        let Some((_, tag)) = &self.active else {
-            return Ok(());
-        };
-        rx.channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
-        while let Some((consumer, _)) = self.active.as_mut() {
-            match tokio::time::timeout(DRAIN_TIMEOUT, consumer.next()).await {
-                Ok(Some(Ok(d))) => {
-                    rx.acker.track(d.delivery_tag);
-                    self.raw.push_back(d);
-                }
-                Ok(Some(Err(e))) => return Err(e),
-                Ok(None) | Err(_) => self.active = None,
-            }
-        }
-        Ok(())
+        Ok(Step::Ready)
     }
 
     /// Turns up to `max` received messages into deliveries, handling the special cases.
-    fn process(&mut self, rx: &Arc<RxChannel>, max: usize) -> Vec<Delivery> {
+    fn process(
+        &mut self,
+        rx: &Arc<RxChannel>,
+        raw: &mut VecDeque<message::Delivery>,
+        max: usize,
+    ) -> Vec<Delivery> {
         let ctx = &self.ctx;
         let settings = ctx
             .settings
@@ -225,7 +207,7 @@ impl AmqpReceiver {
         let mut out = Vec::new();
         let mut jobs: Vec<(u64, Outgoing)> = Vec::new();
         while out.len() < max {
-            let Some(d) = self.raw.pop_front() else { break };
+            let Some(d) = raw.pop_front() else { break };
             let tag = d.delivery_tag;
             let (props, meta) = headers::decode(d.properties.headers().as_ref());
             let held = Held {
@@ -272,53 +254,38 @@ impl AmqpReceiver {
                 properties: props,
             };
             let enqueued_at = headers::time_of(held.enqueued_at_ms());
-            let settle = AmqpSettle::start(
-                held,
-                tag,
-                sequence,
-                count,
-                settings.lock(),
-                ctx.clone(),
-                rx.clone(),
-            );
-            out.push(Delivery::new(
-                message,
-                count,
-                enqueued_at,
-                sequence,
-                ctx.subscription.clone(),
-                Box::new(settle),
-            ));
+            let inflight = Inflight::new(held, tag, sequence, count, ctx.clone(), rx.clone());
+            out.push((message, count, enqueued_at, sequence, inflight));
         }
+        // The locks start now, at hand-out, all in one entry of the receiver's lock timer.
+        let deadline = later(Instant::now(), settings.lock());
+        let slots = self
+            .locks
+            .lock_all(deadline, out.iter().map(|o| o.4.clone()).collect());
+        let out: Vec<Delivery> = out
+            .into_iter()
+            .zip(slots)
+            .map(
+                |((message, count, enqueued_at, sequence, inflight), slot)| {
+                    Delivery::new(
+                        message,
+                        count,
+                        enqueued_at,
+                        sequence,
+                        ctx.subscription.clone(),
+                        Box::new(AmqpSettle::new(inflight, slot)),
+                    )
+                },
+            )
+            .collect();
         if !jobs.is_empty() {
             let (manager, rx, job) = (ctx.manager.clone(), rx.clone(), self.ctx.tracker.job());
             tokio::spawn(async move {
-                republish_then_ack(&manager, &rx, jobs).await;
+                standing::republish_then_ack(&manager, &rx, jobs).await;
                 drop(job);
             });
         }
         out
-    }
-}
-
-/// Publishes the copies (confirmed), then acks the originals; if publishing fails, gives the
-/// originals back to the queue. Runs as its own task, so that a dropped `receive` cannot leave
-/// it half done.
-async fn republish_then_ack(manager: &Arc<Manager>, rx: &RxChannel, jobs: Vec<(u64, Outgoing)>) {
-    let copies: Vec<Outgoing> = jobs.iter().map(|(_, c)| c.clone()).collect();
-    match publish::send_internal(manager, &copies).await {
-        Ok(()) => jobs.iter().for_each(|(tag, _)| rx.acker.ack(*tag)),
-        Err(e) => {
-            tracing::warn!(error = %e, "republishing failed; returning the messages to the queue");
-            for (tag, _) in &jobs {
-                rx.acker.forget(*tag);
-                let requeue = BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                let _ = rx.channel.basic_nack(*tag, requeue).await;
-            }
-        }
     }
 }
 
@@ -334,92 +301,61 @@ impl Receiver for AmqpReceiver {
             return Ok(Vec::new());
         }
         let deadline = Instant::now() + wait;
+        self.largest = self.largest.max(u16::try_from(max).unwrap_or(u16::MAX));
+        let mut started_here = false;
         loop {
             let rx = self.channel().await?;
-            if self.active.is_none() {
-                self.active = lock(&self.starting).take();
-            }
-            let pulled = if self.active.is_some() {
-                self.finish_consumer(&rx).await.map(|()| Pulled::Ok)
-            } else if self.raw.is_empty() {
-                self.pull(&rx, max, deadline).await
-            } else {
-                Ok(Pulled::Ok)
-            };
-            match pulled {
-                Ok(Pulled::Ok) => {}
-                Ok(Pulled::Closed) => return Ok(Vec::new()),
-                Err(e) => {
-                    self.ctx.manager.check_open()?;
-                    if is_not_found(&e) {
-                        self.reset();
-                        return Err(TransportError::UnknownSubscription {
-                            topic: self.ctx.topic.clone(),
-                            subscription: self.ctx.subscription.clone(),
-                        });
+            let state = self.state.clone();
+            let mut s = state.lock().await;
+            s.last_used = Instant::now();
+            let fresh = started_here && wait < POLL;
+            let failed = match self.fill(&mut s, max, deadline, fresh).await {
+                Ok(Step::Ready) => {
+                    let out = self.process(&rx, &mut s.raw, max);
+                    s.last_used = Instant::now();
+                    drop(s);
+                    if !out.is_empty() || Instant::now() >= deadline {
+                        return Ok(out);
                     }
-                    if is_connection_error(&e) || !rx.alive() {
-                        tracing::warn!(error = %e, "receiver channel lost; reopening");
-                        self.reset();
-                        continue;
-                    }
-                    return Err(map_err(&e));
+                    continue;
                 }
+                Ok(Step::Closed) => return Ok(Vec::new()),
+                Ok(Step::Start) => {
+                    drop(s);
+                    started_here = true;
+                    match self.start(&rx).await {
+                        Ok(()) => continue,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => {
+                    drop(s);
+                    e
+                }
+            };
+            self.ctx.manager.check_open()?;
+            if is_not_found(&failed) {
+                self.reset().await;
+                return Err(TransportError::UnknownSubscription {
+                    topic: self.ctx.topic.clone(),
+                    subscription: self.ctx.subscription.clone(),
+                });
             }
-            let out = self.process(&rx, max);
-            if !out.is_empty() || Instant::now() >= deadline {
-                return Ok(out);
+            if is_connection_error(&failed) || !rx.alive() {
+                tracing::warn!(error = %failed, "receiver channel lost; reopening");
+                self.reset().await;
+                continue;
             }
+            return Err(map_err(&failed));
         }
     }
 }
 
 impl Drop for AmqpReceiver {
     fn drop(&mut self) {
-        // Messages received but never handed out go back unchanged (not counted).
-        let (Some(rx), Ok(handle)) = (self.rx.take(), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        if self.active.is_none() {
-            self.active = lock(&self.starting).take();
-        }
-        if self.active.is_none() && self.raw.is_empty() {
-            return;
-        }
-        let mut leftover = AmqpReceiver {
-            ctx: self.ctx.clone(),
-            closed: self.closed.clone(),
-            id: self.id,
-            next_sequence: self.next_sequence,
-            next_consumer: self.next_consumer,
-            rx: None,
-            prefetch: self.prefetch,
-            active: self.active.take(),
-            starting: Arc::new(Mutex::new(None)),
-            raw: std::mem::take(&mut self.raw),
-        };
-        let job = self.ctx.tracker.job();
-        handle.spawn(async move {
-            let _job = job;
-            if leftover.finish_consumer(&rx).await.is_err() || !rx.alive() {
-                return;
-            }
-            let raw: Vec<message::Delivery> = leftover.raw.drain(..).collect();
-            let mut copies = Vec::new();
-            for d in raw {
-                let (props, meta) = headers::decode(d.properties.headers().as_ref());
-                let meta = Meta {
-                    delay_ms: None,
-                    ..meta
-                };
-                let target = Target::Queue(leftover.ctx.own_queue().to_owned());
-                if let Ok(copy) =
-                    Outgoing::new(target, Bytes::from(d.data), d.properties, &props, &meta)
-                {
-                    copies.push((d.delivery_tag, copy));
-                }
-            }
-            republish_then_ack(&leftover.ctx.manager, &rx, copies).await;
-        });
+        // The consumer is cancelled and what it buffered goes back unchanged (not counted);
+        // a start still in progress finds the receiver retired and does the same.
+        standing::retire_in_background(self.state.clone(), self.ctx.clone(), self.rx.take());
+        self.locks.orphan();
     }
 }

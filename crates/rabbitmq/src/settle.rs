@@ -1,9 +1,9 @@
 //! Peek-lock settlement emulated over AMQP acknowledgements.
 //!
 //! A received message stays unacknowledged on its receiver's channel while it is "locked".
-//! Each delivery has a lock timer (a task sleeping for the subscription's lock duration); a
-//! delivery's state moves once from *pending* to *settled*, *expired* or *released*, so either
-//! the application or the timer wins:
+//! Each delivery has a lock (a slot in its receiver's lock timer, see `locks`, expiring after
+//! the subscription's lock duration); a delivery's state moves once from *pending* to
+//! *settled*, *expired* or *released*, so either the application or the timer wins:
 //!
 //! - `ack` queues a `basic.ack` (batched by the channel's [`Acker`](crate::acker::Acker));
 //! - `abandon(0)`, lock expiry and a dropped delivery republish a copy to the subscription's
@@ -29,12 +29,12 @@ use eventyard_core::properties::names;
 use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
 use eventyard_core::{DeadLetterInfo, Properties, Settle, Settlement, TransportError};
 use lapin::{BasicProperties, Channel};
-use tokio::task::AbortHandle;
 
 use crate::acker::{AckTracker, Acker};
 use crate::connection::Manager;
 use crate::delay;
 use crate::headers::{self, Meta};
+use crate::locks::Slot;
 use crate::names::SubscriptionNames;
 use crate::publish::{self, Outgoing, Target};
 use crate::topology::SharedSettings;
@@ -241,6 +241,42 @@ pub(crate) struct Inflight {
 }
 
 impl Inflight {
+    /// A delivery handed out now, pending.
+    pub(crate) fn new(
+        held: Held,
+        tag: u64,
+        sequence: u64,
+        count: u32,
+        ctx: Arc<RxContext>,
+        rx: Arc<RxChannel>,
+    ) -> Arc<Self> {
+        Arc::new(Inflight {
+            state: AtomicU8::new(PENDING),
+            tag,
+            sequence,
+            count,
+            held,
+            ctx,
+            rx,
+        })
+    }
+
+    /// The lock expired: unless the delivery was settled meanwhile (or a settlement under way
+    /// succeeds), it is released.
+    pub(crate) async fn expire(&self) {
+        loop {
+            match self
+                .state
+                .compare_exchange(PENDING, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return self.release().await,
+                // A settlement is under way: see how it ends.
+                Err(SETTLING) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => return,
+            }
+        }
+    }
+
     fn lock_lost(&self) -> TransportError {
         TransportError::LockLost {
             subscription: self.ctx.subscription.clone(),
@@ -282,50 +318,14 @@ impl Inflight {
 /// The [`Settle`] of an AMQP delivery.
 pub(crate) struct AmqpSettle {
     inflight: Arc<Inflight>,
-    timer: Option<AbortHandle>,
+    /// Its lock in the receiver's lock timer.
+    slot: Arc<Slot>,
 }
 
 impl AmqpSettle {
-    /// Locks a received message: starts its lock timer.
-    pub(crate) fn start(
-        held: Held,
-        tag: u64,
-        sequence: u64,
-        count: u32,
-        lock: Duration,
-        ctx: Arc<RxContext>,
-        rx: Arc<RxChannel>,
-    ) -> Self {
-        let inflight = Arc::new(Inflight {
-            state: AtomicU8::new(PENDING),
-            tag,
-            sequence,
-            count,
-            held,
-            ctx,
-            rx,
-        });
-        let timed = inflight.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(lock).await;
-            loop {
-                match timed.state.compare_exchange(
-                    PENDING,
-                    EXPIRED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return timed.release().await,
-                    // A settlement is under way: see how it ends.
-                    Err(SETTLING) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    Err(_) => return,
-                }
-            }
-        });
-        AmqpSettle {
-            inflight,
-            timer: Some(timer.abort_handle()),
-        }
+    /// The settlement handle of a delivery whose lock is `slot`.
+    pub(crate) fn new(inflight: Arc<Inflight>, slot: Arc<Slot>) -> Self {
+        AmqpSettle { inflight, slot }
     }
 }
 
@@ -357,9 +357,7 @@ impl Settle for AmqpSettle {
         match result {
             Ok(()) => {
                 f.state.store(SETTLED, Ordering::Release);
-                if let Some(t) = self.timer.take() {
-                    t.abort();
-                }
+                self.slot.clear();
                 f.rx.acker.ack(f.tag);
                 Ok(())
             }
@@ -385,9 +383,7 @@ impl Drop for AmqpSettle {
         {
             Ok(_) => match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    if let Some(t) = self.timer.take() {
-                        t.abort();
-                    }
+                    self.slot.clear();
                     let (f, job) = (f.clone(), f.ctx.tracker.job());
                     handle.spawn(async move {
                         f.release().await;
@@ -399,7 +395,7 @@ impl Drop for AmqpSettle {
             },
             // A settlement future dropped half-way: leave it to the lock timer.
             Err(SETTLING) => f.state.store(PENDING, Ordering::Release),
-            // Settled (timer already stopped) or expired (the timer is releasing it).
+            // Settled (slot already cleared) or expired (the timer is releasing it).
             Err(_) => {}
         }
     }

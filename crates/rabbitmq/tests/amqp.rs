@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{AmqpFactory, TEST_PREFIX, test_config};
+use common::{AmqpFactory, TEST_PREFIX, depth, test_config};
 use eventyard_core::properties::names;
 use eventyard_core::{Filter, SubQueue, SubscriptionSpec, Transport, TransportError};
 use eventyard_rabbitmq::{AmqpConfig, AmqpTransport};
@@ -17,8 +17,7 @@ use eventyard_testkit::helpers::{
     ack_all, assert_nothing, event_id_of, message, outgoing_event_id, receive_exactly,
 };
 use eventyard_testkit::services::{Service, require};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -26,27 +25,6 @@ const QUIET: Duration = Duration::from_millis(300);
 
 fn factory() -> Option<AmqpFactory> {
     require(Service::Amqp).map(AmqpFactory::new)
-}
-
-/// Messages in a queue, through a raw lapin connection.
-async fn depth(url: &str, queue: &str) -> u32 {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("raw connection");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare");
-    let _ = conn.close(200, "bye".into()).await;
-    q.message_count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

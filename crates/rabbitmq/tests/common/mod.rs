@@ -9,6 +9,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use eventyard_core::Transport;
 use eventyard_rabbitmq::{AmqpConfig, AmqpTransport, QueueType};
 use eventyard_testkit::conformance::TransportFactory;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+
+/// Messages ready in a queue (not counting unacknowledged ones), through a raw lapin connection.
+pub async fn depth(url: &str, queue: &str) -> u32 {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare");
+    let _ = conn.close(200, "bye".into()).await;
+    q.message_count()
+}
 
 /// Prefix of everything the tests declare, so that leftovers are recognizable.
 pub const TEST_PREFIX: &str = "eventyard-test";
