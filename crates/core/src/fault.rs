@@ -71,12 +71,13 @@ fn hex(bytes: &[u8]) -> String {
 /// generated ids are), so that stores can keep keys in event order:
 /// [`IdempotencyKey::storage_key`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey {
-    /// 12 hex characters: the event id's leading 48 bits.
-    order: String,
-    /// The SPEC's key.
-    hash: String,
-}
+pub struct IdempotencyKey(
+    /// The storage form: [`ORDER_LEN`] characters of event order, then the SPEC's key.
+    String,
+);
+
+/// Hex characters of event order before the hash in a storage key (48 bits).
+const ORDER_LEN: usize = 12;
 
 impl IdempotencyKey {
     /// Computes the key.
@@ -87,30 +88,35 @@ impl IdempotencyKey {
         h.update(handler.as_bytes());
         h.update(b":");
         h.update(target_aggregate_id.as_bytes());
-        IdempotencyKey {
-            order: event_order(event_id.as_str()),
-            hash: hex(&h.finalize()),
-        }
+        IdempotencyKey(storage_key_for(event_id.as_str(), &hex(&h.finalize())))
     }
 
     /// The key as hex text (the SPEC's key).
     pub fn as_str(&self) -> &str {
-        &self.hash
+        &self.0[ORDER_LEN..]
     }
 
     /// The key as an ordered store keeps it: the event id's leading 48 bits in hex (12
     /// characters), then the 64 of the key. Keys of events created together sort together,
     /// so an index on it grows at its end (a few pages per transaction) instead of taking every
     /// new key on a random page of the whole index, as the hash alone would.
-    pub fn storage_key(&self) -> String {
-        format!("{}{}", self.order, self.hash)
+    pub fn storage_key(&self) -> &str {
+        &self.0
     }
+}
+
+/// [`IdempotencyKey::storage_key`] of the SPEC key `key` (64 hex characters) of an event with
+/// id `event_id`: for stores that kept the bare key and move to the storage form.
+pub fn storage_key_for(event_id: &str, key: &str) -> String {
+    let mut stored = event_order(event_id);
+    stored.push_str(key);
+    stored
 }
 
 /// The leading 48 bits of the UUID in an event id (`evt-<uuid>`), as 12 hex characters; for a
 /// UUIDv7 that is its creation time in milliseconds. Ids that are not `evt-<uuid>` (which
 /// [`EventId::parse`] does not let through) give 12 zeros.
-pub fn event_order(event_id: &str) -> String {
+fn event_order(event_id: &str) -> String {
     event_id
         .strip_prefix("evt-")
         .and_then(|u| uuid::Uuid::try_parse(u).ok())
@@ -120,7 +126,7 @@ pub fn event_order(event_id: &str) -> String {
 
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.hash)
+        f.write_str(self.as_str())
     }
 }
 
@@ -187,7 +193,11 @@ mod tests {
             .collect();
         let keys: Vec<String> = ids
             .iter()
-            .map(|id| IdempotencyKey::new(id, "billing", "order-1").storage_key())
+            .map(|id| {
+                IdempotencyKey::new(id, "billing", "order-1")
+                    .storage_key()
+                    .to_owned()
+            })
             .collect();
         let mut sorted = keys.clone();
         sorted.sort();

@@ -210,7 +210,7 @@ pub(crate) async fn run(
         // One task per worker thread's share of the batch, each running its deliveries
         // concurrently, rather than one task per delivery: spawning (and waking a parked worker
         // for) every message cost more than a no-op handler. Each delivery still frees its slot
-        // the moment it is settled, and a slow handler does not hold up the others of its share.
+        // on its own (see `process`), and a slow handler does not hold up the others of its share.
         let share = ready.len().div_ceil(workers).max(1);
         let mut ready = ready.into_iter();
         loop {

@@ -104,7 +104,7 @@ impl Inbox {
         E: Send + 'static,
     {
         let key = IdempotencyKey::new(&envelope.event_id, handler, target_aggregate_id);
-        let stored_key = key.storage_key();
+        let stored_key = key.storage_key().to_owned();
         let tenant = envelope.tenant_id.clone();
         let handler = handler.to_owned();
         let event_id = envelope.event_id.to_string();
@@ -173,7 +173,7 @@ impl Inbox {
 
     /// True if the key was recorded (and not yet cleaned up).
     pub async fn contains(&self, key: &IdempotencyKey) -> Result<bool, TransportError> {
-        let key = key.storage_key();
+        let key = key.storage_key().to_owned();
         self.broker
             .transaction(move |tx| {
                 tx.query_row("SELECT 1 FROM inbox WHERE key = ?1", params![key], |_| {

@@ -190,17 +190,13 @@ fn bootstrap(conn: &Connection, cfg: &SqliteConfig) -> rusqlite::Result<Result<(
     }
     // The DDL is idempotent (IF NOT EXISTS): applying it on every open also adds indexes and
     // tables introduced since the file was created at the same schema version.
+    // On an error the transaction stays open: `open` rolls it back before a retry, or drops the
+    // connection.
     conn.execute_batch(&format!("BEGIN IMMEDIATE; {DDL}"))?;
-    let migrated = migrate(conn).and_then(|()| {
-        conn.execute_batch(&format!(
-            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; \
-             COMMIT;"
-        ))
-    });
-    if migrated.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    migrated?;
+    migrate(conn)?;
+    conn.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))?;
     Ok(Ok(()))
 }
 
@@ -208,7 +204,7 @@ fn bootstrap(conn: &Connection, cfg: &SqliteConfig) -> rusqlite::Result<Result<(
 /// (read again under its lock, so two processes opening an old file migrate it once).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if (1..2).contains(&version) {
+    if version == 1 {
         // Version 1 stored inbox keys as the bare 64-character hash.
         let old: Vec<(String, String)> = conn
             .prepare("SELECT key, event_id FROM inbox WHERE length(key) = 64")?
@@ -216,8 +212,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             .collect::<rusqlite::Result<_>>()?;
         let mut update = conn.prepare("UPDATE inbox SET key = ?1 WHERE key = ?2")?;
         for (key, event_id) in old {
-            let order = eventyard_core::fault::event_order(&event_id);
-            update.execute(rusqlite::params![format!("{order}{key}"), key])?;
+            let stored = eventyard_core::fault::storage_key_for(&event_id, &key);
+            update.execute(rusqlite::params![stored, key])?;
         }
     }
     Ok(())

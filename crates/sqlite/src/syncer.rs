@@ -58,7 +58,8 @@ impl SyncState {
     }
 }
 
-fn poisoned_message(path: &str) -> String {
+/// The text of [`SyncState::poisoned_error`].
+pub fn poisoned_message(path: &str) -> String {
     format!(
         "an earlier flush of {path}-wal to disk failed, so the broker accepts no more work: \
          reopen it (outcomes of the commands waiting on that flush are unknown)"
@@ -72,7 +73,7 @@ pub struct Syncer {
 }
 
 /// The `-wal` file beside the data file at `db`.
-pub fn wal_path(db: &Path) -> PathBuf {
+fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push("-wal");
     PathBuf::from(p)
@@ -177,16 +178,20 @@ fn run(
         for answers in pending.drain(..) {
             match &outcome {
                 Ok(()) => deliver(&mut dispatch, answers),
-                Err(message) => {
-                    for (cmd, _) in answers {
-                        cmd.fail(TransportError::Backend {
-                            backend: "sqlite",
-                            message: message.clone(),
-                        });
-                    }
-                }
+                Err(message) => fail(answers, message),
             }
         }
+    }
+}
+
+/// Fails every command of committed `answers` whose flush did not happen: their outcome is
+/// unknown.
+pub fn fail(answers: Answers, message: &str) {
+    for (cmd, _) in answers {
+        cmd.fail(TransportError::Backend {
+            backend: "sqlite",
+            message: message.to_owned(),
+        });
     }
 }
 

@@ -180,13 +180,13 @@ pub fn run(
                 Err(_) => return,
             }
         };
-        if w.count_flushed(&first) {
+        if count_flushed(&mut w.unflushed, &first) {
             continue;
         }
         batch.push(first);
         while batch.len() < w.cfg.max_batch {
             match rx.try_recv() {
-                Ok(cmd) if w.count_flushed(&cmd) => {}
+                Ok(cmd) if count_flushed(&mut w.unflushed, &cmd) => {}
                 Ok(cmd) => batch.push(cmd),
                 Err(_) => break,
             }
@@ -220,6 +220,17 @@ pub fn run(
         if w.shared.waiters.load(Ordering::Acquire) > 0 {
             w.check_other_processes();
         }
+    }
+}
+
+/// Counts a [`Cmd::Flushed`] off `unflushed`; false for every other command.
+fn count_flushed(unflushed: &mut usize, cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Flushed { batches } => {
+            *unflushed = unflushed.saturating_sub(*batches);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -258,17 +269,6 @@ impl Writer {
         }
     }
 
-    /// Counts a [`Cmd::Flushed`]; false for every other command.
-    fn count_flushed(&mut self, cmd: &Cmd) -> bool {
-        match cmd {
-            Cmd::Flushed { batches } => {
-                self.unflushed = self.unflushed.saturating_sub(*batches);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Executes a batch in one transaction; on a database error, retries each command alone so
     /// that one failing command cannot fail the others. With `more`, the transaction stays open
     /// while the syncer is flushing an earlier one, taking the commands that arrive meanwhile
@@ -303,8 +303,10 @@ impl Writer {
                 };
                 if let Some(answers) = unsynced {
                     if self.syncer.take().is_some() {
-                        // The syncer thread is gone (it cannot be, but if it were): flush here.
-                        self.flush_inline(answers);
+                        // The syncer thread is gone (only a panic ends it early): nothing
+                        // flushes the log any more, so treat it as a failed flush.
+                        self.shared.sync.poisoned.store(true, Ordering::Release);
+                        syncer::fail(answers, &syncer::poisoned_message(&self.path));
                     } else {
                         syncer::deliver(&mut self.dispatch, answers);
                     }
@@ -320,29 +322,6 @@ impl Writer {
                 for cmd in cmds {
                     let mut one = vec![cmd];
                     self.execute(&mut one, None);
-                }
-            }
-        }
-    }
-
-    /// Flushes the log on this thread and answers; SQLite flushes every later commit itself.
-    fn flush_inline(&mut self, answers: Vec<(Cmd, Reply)>) {
-        let synced = std::fs::File::open(syncer::wal_path(&self.cfg.path))
-            .and_then(|f| f.sync_data())
-            .and_then(|()| {
-                self.conn
-                    .pragma_update(None, "synchronous", Synchronous::Full.as_str())
-                    .map_err(std::io::Error::other)
-            });
-        match synced {
-            Ok(()) => syncer::deliver(&mut self.dispatch, answers),
-            Err(e) => {
-                self.shared.sync.poisoned.store(true, Ordering::Release);
-                for (cmd, _) in answers {
-                    cmd.fail(TransportError::Backend {
-                        backend: "sqlite",
-                        message: format!("committed, but flushing the log failed ({e})"),
-                    });
                 }
             }
         }
@@ -408,10 +387,10 @@ impl Writer {
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
                 };
+                if count_flushed(&mut self.unflushed, &cmd) {
+                    continue;
+                }
                 match cmd {
-                    Cmd::Flushed { batches } => {
-                        self.unflushed = self.unflushed.saturating_sub(batches);
-                    }
                     Cmd::Shutdown { .. } => {
                         self.stashed.push(cmd);
                         break;

@@ -206,5 +206,5 @@ async fn a_version_1_inbox_is_migrated_and_still_deduplicates() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stored, (key.storage_key(), 2));
+    assert_eq!(stored, (key.storage_key().to_owned(), 2));
 }

@@ -272,7 +272,8 @@ pub fn sched_of_this_thread() -> Option<(u64, u64)> {
 fn thread_label(comm: &str) -> String {
     match comm {
         "eventyard-sqlit" | "eventyard-sqlite" => "sqlite_writer".into(),
-        "eventyard-walsy" | "eventyard-walsync" => "wal_syncer".into(),
+        // Thread names as the kernel keeps them: at most 15 bytes ("eventyard-walsync").
+        "eventyard-walsy" => "wal_syncer".into(),
         c if c.starts_with("tokio-r") => "tokio_workers".into(),
         "yard" => "main".into(),
         other => other.into(),
