@@ -116,8 +116,14 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
     /// Lease of a claimed batch: a killed relay's records are published again after this.
+    /// (Without `--transport`, batches move into the data file's own queues in one transaction
+    /// each — direct dispatch — and take no lease, unless `--leased`.)
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     pub lease: Duration,
+    /// Claim, publish and mark with leases even where the outbox could dispatch directly into
+    /// the data file's own broker (no `--transport`).
+    #[arg(long)]
+    pub leased: bool,
     /// Longest wait between claims when no commit wakes the relay.
     #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
     pub poll: Duration,
@@ -366,6 +372,7 @@ async fn relay(a: RelayArgs) -> anyhow::Result<ExitCode> {
             retention: a.retention,
             ..CleanerConfig::default()
         }),
+        direct: !a.leased,
         ..RelayConfig::default()
     };
     let handle = Relay::spawn(store, transport.clone(), config);

@@ -1,7 +1,8 @@
 //! Crash safety of the outbox: relays killed with SIGKILL at random moments while a producer
 //! commits application rows and outbox records together; afterwards every committed event was
 //! delivered at least once, none was lost, and a consumer using the inbox applied each exactly
-//! once, in per-key order.
+//! once, in per-key order. Each round runs one relay with direct dispatch (claim, publish and
+//! mark in one transaction of the data file) and one with leases, side by side.
 
 mod common;
 
@@ -34,9 +35,11 @@ impl Rng {
     }
 }
 
-fn relay(path: &str) -> Child {
+/// A relay process; `leased`: claim, publish, mark with leases instead of direct dispatch.
+fn relay(path: &str, leased: bool) -> Child {
     common::yard()
         .args(["outbox", "relay", "--data", path])
+        .args(leased.then_some("--leased"))
         .args([
             "--lease",
             "1s",
@@ -172,10 +175,12 @@ async fn relays_killed_at_random_lose_nothing_and_the_inbox_applies_each_event_o
     let mut round = 0;
     while round < 6 || producer.try_wait().unwrap().is_none() {
         round += 1;
-        let mut relays: Vec<(Child, Instant)> = (0..2)
-            .map(|_| {
+        // One relay of each kind: direct dispatch, and leases.
+        let mut relays: Vec<(Child, Instant)> = [false, true]
+            .into_iter()
+            .map(|leased| {
                 let at = Instant::now() + Duration::from_millis(rng.between(80, 900));
-                (relay(&data), at)
+                (relay(&data, leased), at)
             })
             .collect();
         while !relays.is_empty() {
@@ -197,7 +202,7 @@ async fn relays_killed_at_random_lose_nothing_and_the_inbox_applies_each_event_o
     reader.join().unwrap();
 
     // A last relay, left alone, drains what is left (leases of the killed ones expire).
-    let mut last = relay(&data);
+    let mut last = relay(&data, false);
     let outbox = broker.outbox();
     let t0 = Instant::now();
     loop {

@@ -104,6 +104,17 @@ fn assert_key_order(got: &[(String, u64)]) {
     }
 }
 
+/// The parking tests' records that are not parked nor behind a parked one: a0, b0, b1, d0.
+async fn expect_unparked(rx: &mut dyn Receiver) {
+    let mut got = receive(rx, 4, Duration::from_secs(10)).await;
+    got.sort();
+    let want: Vec<(String, u64)> = [("a", 0), ("b", 0), ("b", 1), ("d", 0)]
+        .iter()
+        .map(|(k, s)| (k.to_string(), *s))
+        .collect();
+    assert_eq!(got, want);
+}
+
 async fn status(broker: &SqliteBroker) -> OutboxStatus {
     broker.outbox().status().await.unwrap()
 }
@@ -336,13 +347,7 @@ async fn refused_records_are_parked_and_block_only_their_key() {
         },
     ));
     let relay = Relay::spawn(Arc::new(s.broker.outbox()), transport.clone(), fast("park"));
-    let mut got = receive(&mut *rx, 4, Duration::from_secs(10)).await;
-    got.sort();
-    let want: Vec<(String, u64)> = [("a", 0), ("b", 0), ("b", 1), ("d", 0)]
-        .iter()
-        .map(|(k, s)| (k.to_string(), *s))
-        .collect();
-    assert_eq!(got, want);
+    expect_unparked(&mut *rx).await;
     until("parking", Duration::from_secs(5), async || {
         status(&s.broker).await.parked == 2
     })
@@ -381,6 +386,85 @@ async fn refused_records_are_parked_and_block_only_their_key() {
     let got = receive(&mut *rx, 1, Duration::from_secs(5)).await;
     assert_eq!(got, vec![("c".to_string(), 1)]);
     relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_dispatch_publishes_once_and_parks_what_the_broker_refuses() {
+    let s = setup(|mut c| {
+        c.max_message_size = 20_000;
+        c
+    })
+    .await;
+    // Direct only into the broker of the outbox's own handle: not into another connection to
+    // the same file (its own writer), and not when switched off.
+    let other = SqliteBroker::open(SqliteConfig::new(&s.path)).unwrap();
+    let outbox: Arc<SqliteOutbox> = Arc::new(s.broker.outbox());
+    assert!(outbox.dispatches_into(&s.broker));
+    assert!(!outbox.dispatches_into(&other));
+    let off = RelayConfig {
+        direct: false,
+        ..fast("off")
+    };
+    assert!(!Relay::new(outbox.clone(), Arc::new(s.broker.clone()), off).is_direct());
+    assert!(!Relay::new(outbox.clone(), Arc::new(other.clone()), fast("x")).is_direct());
+
+    let mut rx = s
+        .broker
+        .receiver(TOPIC, "check", SubQueue::Main)
+        .await
+        .unwrap();
+    let mut scheduled = event(TOPIC, "s", 0, 0);
+    scheduled.deliver_at = Some(chrono::Utc::now() + chrono::Duration::milliseconds(800));
+    add(
+        &s.broker,
+        vec![
+            event(TOPIC, "a", 0, 0),
+            event(TOPIC, "b", 0, 0),
+            event(TOPIC, "a", 1, 30_000), // over the broker's limit: parked
+            event(TOPIC, "b", 1, 0),
+            event(TOPIC, "a", 2, 0), // behind the parked one: stays
+            scheduled,
+            event(TOPIC, "d", 0, 0),
+        ],
+    )
+    .await;
+    assert!(Relay::new(outbox.clone(), Arc::new(s.broker.clone()), fast("direct")).is_direct());
+    let handle = Relay::spawn(outbox.clone(), Arc::new(s.broker.clone()), fast("direct"));
+    expect_unparked(&mut *rx).await;
+    // The scheduled one was dispatched with the others but is delivered at its time.
+    let t0 = Instant::now();
+    assert_eq!(
+        receive(&mut *rx, 1, Duration::from_secs(5)).await,
+        vec![("s".to_string(), 0)]
+    );
+    assert!(
+        t0.elapsed() > Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    let st = status(&s.broker).await;
+    assert_eq!(
+        (st.parked, st.pending, st.in_flight, st.dispatched),
+        (1, 1, 0, 5),
+        "{st:?}"
+    );
+    let counts = handle.counts();
+    assert_eq!((counts.dispatched, counts.parked), (5, 1), "{counts:?}");
+    let parked = outbox.parked(10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].reason.contains("exceeds"), "{parked:?}");
+    // Exactly once: nothing more comes, and the operator's discard lets the key flow on.
+    assert!(
+        receive(&mut *rx, 1, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    assert!(outbox.discard(parked[0].record.id).await.unwrap());
+    assert_eq!(
+        receive(&mut *rx, 1, Duration::from_secs(5)).await,
+        vec![("a".to_string(), 2)]
+    );
+    handle.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,7 +675,8 @@ async fn several_relays_keep_key_order_without_duplicates() {
         .receiver("Other", "check", SubQueue::Main)
         .await
         .unwrap();
-    // Two relays on this broker, one on a broker of its own (another connection).
+    // Two relays on this broker, one on a broker of its own (another connection); one of the
+    // three uses leases, the others direct dispatch.
     let other = SqliteBroker::open(SqliteConfig::new(&s.path)).unwrap();
     let mut relays = Vec::new();
     for (i, b) in [&s.broker, &s.broker, &other].into_iter().enumerate() {
@@ -600,6 +685,8 @@ async fn several_relays_keep_key_order_without_duplicates() {
             Arc::new(b.clone()),
             RelayConfig {
                 batch_size: 7 + i * 13,
+                // The second one claims with leases beside the two direct ones.
+                direct: i != 1,
                 ..fast(&format!("many-{i}"))
             },
         ));

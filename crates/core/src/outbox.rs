@@ -22,6 +22,12 @@
 //!   reason: moved aside, never retried, never blocking the others — but it keeps blocking later
 //!   records of its own partition key (their order would break otherwise) until an operator acts.
 //! - A transient publish failure releases the batch with a retry time (backoff).
+//! - **Direct dispatch.** A store whose database also holds the transport's queues (the
+//!   embedded store and the broker of the same data file) can move records into the transport
+//!   itself ([`OutboxStore::dispatch`]): claim, publish and mark in one transaction of that
+//!   database, with the claim's order rules and no lease. The relay uses it whenever
+//!   [`OutboxStore::dispatches_into`] says so: a record is then published exactly once, even
+//!   across crashes.
 //! - [`OutboxStore::wait`] returns as soon as new records are committed (LISTEN/NOTIFY on
 //!   PostgreSQL — at most one NOTIFY per transaction; an in-process signal on SQLite), or after the
 //!   timeout (the polling fallback).
@@ -33,7 +39,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use crate::envelope::Envelope;
-use crate::transport::{Message, TransportError};
+use crate::transport::{Message, Transport, TransportError};
 
 /// One recorded event waiting to be published.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,4 +177,43 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Backlog figures.
     async fn status(&self) -> Result<OutboxStatus, OutboxError>;
+
+    /// True when this store can move its records into `transport` itself with
+    /// [`OutboxStore::dispatch`]: the transport keeps its queues in this store's database, so a
+    /// record's publish and its mark commit in one transaction. Default: false.
+    fn dispatches_into(&self, transport: &dyn Transport) -> bool {
+        let _ = transport;
+        false
+    }
+
+    /// Moves up to `max` claimable records (in sequence order, with [`OutboxStore::claim`]'s
+    /// per-partition rule) into the transport that [`OutboxStore::dispatches_into`] accepted,
+    /// publishing and marking them dispatched in one transaction: exactly once, no lease.
+    /// Records the transport refuses for good are parked with the reason in the same
+    /// transaction. The default refuses (a store that never accepts a transport).
+    async fn dispatch(&self, relay: &str, max: usize) -> Result<DirectBatch, OutboxError> {
+        let _ = (relay, max);
+        Err(OutboxError::Store(format!(
+            "the {} outbox store cannot dispatch into a transport itself",
+            self.name()
+        )))
+    }
+}
+
+/// What one [`OutboxStore::dispatch`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirectBatch {
+    /// Records published and marked dispatched.
+    pub dispatched: usize,
+    /// Records parked (refused by the transport for good), with the reason.
+    pub parked: Vec<(i64, String)>,
+    /// Creation time of the last record dispatched, µs since the epoch (for the relay lag).
+    pub last_created_us: Option<i64>,
+}
+
+impl DirectBatch {
+    /// Records the batch took out of the queue (dispatched or parked).
+    pub fn moved(&self) -> usize {
+        self.dispatched + self.parked.len()
+    }
 }

@@ -402,8 +402,12 @@ pub trait Receiver: Send {
 }
 
 /// A message broker. Handles are cheap to share (`Arc<dyn Transport>`).
+///
+/// `Any` is a supertrait so that a component given a `&dyn Transport` can recognise a concrete
+/// transport it works with more closely (the embedded outbox recognises the broker of its own
+/// data file: see [`OutboxStore::dispatches_into`](crate::outbox::OutboxStore::dispatches_into)).
 #[async_trait]
-pub trait Transport: Send + Sync + 'static {
+pub trait Transport: std::any::Any + Send + Sync + 'static {
     /// What this transport can do.
     fn capabilities(&self) -> Capabilities;
 

@@ -8,6 +8,15 @@
 //! N+1 cannot hold the successors of their keys), so a store and transport with group commit
 //! (the embedded ones) do one transaction per batch instead of three.
 //!
+//! # Direct dispatch
+//! When the store can move records into the transport itself
+//! ([`OutboxStore::dispatches_into`]: the embedded store and the broker of its own data file)
+//! and [`RelayConfig::direct`] is on (the default), the loop is simpler: each batch is one
+//! [`OutboxStore::dispatch`] call — claimed, published and marked in one transaction of the
+//! store, exactly once, no lease — with a second call in flight while batches come back full.
+//! Refused records are parked by the store in that transaction; store failures are retried
+//! with the backoff, as below.
+//!
 //! # Publishing a batch
 //! A claimed batch is in sequence order and may hold several records of one partition key (the
 //! store hands out a key's records only when no earlier one is in anybody's hands). The relay
@@ -53,7 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use eventyard_core::outbox::{OutboxError, OutboxRecord, OutboxStatus, OutboxStore};
+use eventyard_core::outbox::{DirectBatch, OutboxError, OutboxRecord, OutboxStatus, OutboxStore};
 use eventyard_core::{OutgoingMessage, Transport, TransportError};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -86,6 +95,12 @@ pub struct RelayConfig {
     /// the module doc; one cheap query on SQLite, a count over the outbox on PostgreSQL).
     /// `None`: no gauges. Default 10 s.
     pub status_interval: Option<Duration>,
+    /// Use the store's direct dispatch when it offers one for the transport
+    /// ([`OutboxStore::dispatches_into`]: the embedded store and the broker of its own data
+    /// file): each batch is claimed, published and marked in one transaction of that store,
+    /// exactly once, without a lease. Off: claim, publish, mark, as with any other pair.
+    /// Default true.
+    pub direct: bool,
 }
 
 impl Default for RelayConfig {
@@ -104,6 +119,7 @@ impl Default for RelayConfig {
             },
             cleaner: Some(CleanerConfig::default()),
             status_interval: Some(Duration::from_secs(10)),
+            direct: true,
         }
     }
 }
@@ -321,6 +337,8 @@ pub struct Relay {
     claim_streak: u32,
     /// Claims ahead (during a publish) that came back empty in a row; 0: claim ahead.
     ahead_misses: u32,
+    /// The store dispatches into the transport itself ([`RelayConfig::direct`]).
+    direct: bool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -385,6 +403,7 @@ impl Relay {
     ) -> Self {
         let id = instance_id(&config.name);
         let facade = Facade::new(store.name(), &config.name);
+        let direct = config.direct && store.dispatches_into(transport.as_ref());
         Relay {
             store,
             transport,
@@ -395,7 +414,13 @@ impl Relay {
             publish_streak: 0,
             claim_streak: 0,
             ahead_misses: 0,
+            direct,
         }
+    }
+
+    /// True when this relay uses the store's direct dispatch ([`RelayConfig::direct`]).
+    pub fn is_direct(&self) -> bool {
+        self.direct
     }
 
     /// This instance's id (the lease owner in the store).
@@ -472,6 +497,9 @@ impl Relay {
     /// and marked first, and a batch claimed ahead is given back, so nothing stays leased after
     /// a clean stop.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        if self.direct {
+            return self.run_direct(stop).await;
+        }
         let mut to_mark: Option<(Vec<i64>, Option<i64>)> = None;
         let mut ahead: Vec<OutboxRecord> = Vec::new();
         loop {
@@ -554,6 +582,80 @@ impl Relay {
         }
     }
 
+    /// The loop with direct dispatch: one store call per batch, up to two in flight while
+    /// batches come back full (the store's writer starts on the next while the previous one's
+    /// commit is flushed). A stop lets the calls in flight finish: each is one transaction.
+    async fn run_direct(mut self, mut stop: watch::Receiver<bool>) {
+        let max = self.config.batch_size.max(1);
+        let spawn = |relay: &Relay| {
+            let (store, id) = (relay.store.clone(), relay.id.clone());
+            tokio::spawn(async move { store.dispatch(&id, max).await })
+        };
+        let mut in_flight: std::collections::VecDeque<
+            JoinHandle<Result<DirectBatch, OutboxError>>,
+        > = Default::default();
+        loop {
+            if *stop.borrow() {
+                for call in in_flight.drain(..) {
+                    if let Ok(Ok(batch)) = call.await {
+                        self.note_direct(&batch);
+                    }
+                }
+                return;
+            }
+            let call = match in_flight.pop_front() {
+                Some(call) => call,
+                None => spawn(&self),
+            };
+            let result = call
+                .await
+                .unwrap_or_else(|e| Err(OutboxError::Store(format!("dispatch task failed: {e}"))));
+            match result {
+                Ok(batch) => {
+                    self.claim_streak = 0;
+                    self.note_direct(&batch);
+                    if batch.moved() >= max {
+                        while in_flight.len() < 2 {
+                            in_flight.push_back(spawn(&self));
+                        }
+                    } else if batch.moved() == 0 && in_flight.is_empty() {
+                        tokio::select! {
+                            _ = self.store.wait(self.config.poll_interval) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.store_failed();
+                    self.claim_streak = self.claim_streak.saturating_add(1);
+                    let d = self.delay(self.claim_streak);
+                    tracing::warn!(relay = %self.id, error = %e, retry_in = ?d, "dispatch failed");
+                    pause(d, &mut stop).await;
+                }
+            }
+        }
+    }
+
+    /// Counts a direct batch: dispatched and parked records.
+    fn note_direct(&self, batch: &DirectBatch) {
+        if batch.moved() == 0 {
+            return;
+        }
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        if batch.dispatched > 0 {
+            self.record_dispatch(batch.dispatched, batch.last_created_us);
+        }
+        for (id, reason) in &batch.parked {
+            self.note_parked(*id, reason);
+        }
+    }
+
+    fn note_parked(&self, id: i64, reason: &str) {
+        self.metrics.parked.fetch_add(1, Ordering::Relaxed);
+        self.facade.parked.increment(1);
+        tracing::warn!(relay = %self.id, record = id, %reason, "outbox record parked");
+    }
+
     /// Marks the previous batch (if any) and claims the next (when `claim`), the mark sent
     /// first so that both land in one group commit where the store has one. Returns the batch
     /// to mark again if the mark failed.
@@ -596,6 +698,14 @@ impl Relay {
     /// One cycle without waiting: claims a batch, publishes it and marks it; returns how many
     /// records were dispatched (0 when nothing was claimable). For tests and benchmarks.
     pub async fn run_once(&mut self) -> Result<usize, OutboxError> {
+        if self.direct {
+            let batch = self
+                .store
+                .dispatch(&self.id, self.config.batch_size)
+                .await?;
+            self.note_direct(&batch);
+            return Ok(batch.dispatched);
+        }
         let records = self
             .store
             .claim(&self.id, self.config.batch_size, self.config.lease)
@@ -656,11 +766,7 @@ impl Relay {
     async fn settle_failures(&self, s: &Settled) {
         for (id, reason) in &s.parked {
             match self.store.park(&self.id, *id, reason).await {
-                Ok(()) => {
-                    self.metrics.parked.fetch_add(1, Ordering::Relaxed);
-                    self.facade.parked.increment(1);
-                    tracing::warn!(relay = %self.id, record = id, %reason, "outbox record parked");
-                }
+                Ok(()) => self.note_parked(*id, reason),
                 Err(e) => {
                     self.store_failed();
                     tracing::warn!(relay = %self.id, record = id, error = %e, "parking failed; the lease will expire");

@@ -202,6 +202,19 @@ impl SqliteBroker {
         })
     }
 
+    /// Sends a command to the writer thread and waits for its committed answer.
+    pub(crate) async fn call<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, TransportError>>) -> Cmd,
+    ) -> Result<T, TransportError> {
+        writer::call(self.sender()?, make).await
+    }
+
+    /// True when `other` is a handle of this very broker (same writer, same data file).
+    pub(crate) fn same_store(&self, other: &SqliteBroker) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The state shared with the writer thread (wake-up signals).
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared

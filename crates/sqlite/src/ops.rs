@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use eventyard_core::outbox::DirectBatch;
 use eventyard_core::properties::names;
 use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
 use eventyard_core::{
@@ -143,6 +144,15 @@ pub enum Cmd {
         /// Reply: the closure's result (Ok or its own error, which rolled its savepoint back).
         reply: Tx<ExecResult>,
     },
+    /// Move up to `max` records of the data file's outbox into its queues, marking them
+    /// dispatched (see [`crate::outbox`]'s direct dispatch).
+    Dispatch {
+        /// Most records.
+        max: usize,
+        /// Reply: what was moved, and the earliest retry time of a held record (µs) when
+        /// nothing was.
+        reply: Tx<(DirectBatch, Option<i64>)>,
+    },
     /// From the syncer: it flushed the log for this many submitted transactions. Not a
     /// command of the store; the writer counts it and never executes it.
     Flushed {
@@ -174,6 +184,8 @@ pub enum Reply {
     Id(i64),
     /// Stats.
     Stats(Vec<SubscriptionStats>),
+    /// Direct dispatch.
+    Dispatched(DirectBatch, Option<i64>),
     /// The command's own refusal.
     Err(TransportError),
 }
@@ -199,6 +211,7 @@ impl Cmd {
             (Cmd::Lookup { reply, .. }, Reply::Id(id)) => send(reply, Ok(id)),
             (Cmd::Stats { reply, .. }, Reply::Stats(s)) => send(reply, Ok(s)),
             (Cmd::Exec { reply, .. }, Reply::Exec(r)) => send(reply, Ok(r)),
+            (Cmd::Dispatch { reply, .. }, Reply::Dispatched(b, next)) => send(reply, Ok((b, next))),
             (cmd, _) => cmd.fail(TransportError::Backend {
                 backend: "sqlite",
                 message: "internal: reply of the wrong kind".into(),
@@ -221,6 +234,7 @@ impl Cmd {
             Cmd::Lookup { reply, .. } => send(reply, Err(e)),
             Cmd::Stats { reply } => send(reply, Err(e)),
             Cmd::Exec { reply, .. } => send(reply, Err(e)),
+            Cmd::Dispatch { reply, .. } => send(reply, Err(e)),
             Cmd::Shutdown { reply } => {
                 let _ = reply.send(());
             }
@@ -366,12 +380,18 @@ pub fn apply(
                 exec_unguarded(tx, work)
             }
         }
+        Cmd::Dispatch { max, .. } => {
+            let (batch, next) = crate::outbox::dispatch_tx(tx, topology, cfg, now, *max, woke)?;
+            Ok(Reply::Dispatched(batch, next))
+        }
         Cmd::Shutdown { .. } | Cmd::Flushed { .. } => Ok(Reply::Unit),
     }
 }
 
+/// Inserts `messages` into the queues of `topic`'s subscriptions whose filters match (checking
+/// the topic name and each message's size first).
 #[allow(clippy::too_many_arguments)]
-fn publish(
+pub(crate) fn publish(
     tx: &Transaction<'_>,
     topology: &Topology,
     cfg: &SqliteConfig,

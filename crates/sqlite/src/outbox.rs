@@ -56,6 +56,17 @@
 //! [`SqliteConfig::cross_process_poll`](crate::SqliteConfig::cross_process_poll) while a relay
 //! waits).
 //!
+//! # Direct dispatch
+//! When the relay's transport is the broker of this very data file (the embedded default:
+//! [`OutboxStore::dispatches_into`] recognises it), the relay does not claim, publish and mark:
+//! each [`OutboxStore::dispatch`] is one writer command that picks records like a claim, inserts
+//! them into the subscriptions' queues (filters applied, scheduled times kept) and marks them
+//! dispatched, in one transaction. No lease is written, nothing crosses threads but the
+//! answer, and a record reaches its queues exactly once whatever crashes. A record the broker
+//! refuses (too large, invalid topic) is parked with the reason in the same transaction; the
+//! later records of its key go behind it. Relays using leases (other processes, or
+//! `RelayConfig::direct` off) can run beside it: the pick skips what they hold.
+//!
 //! Cleanup elects one cleaner at a time through a lease row in `outbox_leases` (renewed by its
 //! holder on each call, taken over by another cleaner once it expires), then deletes at most
 //! `batch` dispatched records per call.
@@ -68,13 +79,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use eventyard_core::outbox::{OutboxError, OutboxRecord, OutboxStatus, OutboxStore, PendingEvent};
+use eventyard_core::outbox::{
+    DirectBatch, OutboxError, OutboxRecord, OutboxStatus, OutboxStore, PendingEvent,
+};
 use eventyard_core::transport::check_name;
-use eventyard_core::{Message, TransportError};
+use eventyard_core::{Message, OutgoingMessage, Transport, TransportError};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::broker::SqliteBroker;
-use crate::ops::now_us;
+use crate::config::SqliteConfig;
+use crate::ops::{Cmd, OpError, Woken, now_us};
+use crate::topology::Topology;
 
 thread_local! {
     /// Set by [`add`] on the writer thread; read (and cleared) after the commit to wake relays.
@@ -427,14 +442,12 @@ fn json_ids(ids: impl IntoIterator<Item = i64>) -> String {
 /// what it found (see the module doc); raised to four times the claim's `max` when larger.
 pub const CLAIM_SCAN: usize = 16_384;
 
-/// The claim, inside the writer's transaction: see the module doc.
-fn claim_tx(
-    tx: &Transaction<'_>,
-    relay: &str,
-    max: usize,
-    lease: Duration,
-) -> rusqlite::Result<(Vec<RawRecord>, Option<i64>)> {
-    let now = now_us();
+/// Records picked for a claim: (id, attempts so far), in id order.
+type Picked = Vec<(i64, u32)>;
+
+/// The records a claim may take now (at most `max`), or when none: the earliest time a held
+/// record becomes claimable again (µs). See the module doc.
+fn pick(tx: &Transaction<'_>, max: usize, now: i64) -> rusqlite::Result<(Picked, Option<i64>)> {
     // First held record (leased or waiting for a retry) of every held key.
     let mut held: HashMap<String, i64> = HashMap::new();
     {
@@ -449,7 +462,7 @@ fn claim_tx(
                 .or_insert(id);
         }
     }
-    let mut picked: Vec<(i64, u32)> = Vec::with_capacity(max.min(4096));
+    let mut picked: Picked = Vec::with_capacity(max.min(4096));
     if max > 0 {
         let mut budget = CLAIM_SCAN.max(max.saturating_mul(4));
         let mut queue = tx.prepare_cached(
@@ -476,21 +489,23 @@ fn claim_tx(
             }
         }
     }
-    if picked.is_empty() {
-        let next: Option<i64> = tx
-            .prepare_cached(
-                "SELECT min(visible_at) FROM outbox_queue WHERE visible_at > 0 AND visible_at > ?1",
-            )?
-            .query_row(params![now], |r| r.get(0))?;
-        return Ok((Vec::new(), next));
+    if !picked.is_empty() {
+        return Ok((picked, None));
     }
-    let until = now.saturating_add(crate::ops::dur_us(lease).max(1));
-    let ids = json_ids(picked.iter().map(|(id, _)| *id));
-    tx.prepare_cached(
-        "UPDATE outbox_queue SET visible_at = ?1, lease_owner = ?2
-         WHERE id IN (SELECT value FROM json_each(?3))",
-    )?
-    .execute(params![until, relay, ids])?;
+    let next: Option<i64> = tx
+        .prepare_cached(
+            "SELECT min(visible_at) FROM outbox_queue WHERE visible_at > 0 AND visible_at > ?1",
+        )?
+        .query_row(params![now], |r| r.get(0))?;
+    Ok((picked, next))
+}
+
+/// The records `picked` (ids as `ids`, a [`json_ids`] list), in id order, with their attempts.
+fn read_picked(
+    tx: &Transaction<'_>,
+    picked: &[(i64, u32)],
+    ids: &str,
+) -> rusqlite::Result<Vec<RawRecord>> {
     let mut out = Vec::with_capacity(picked.len());
     let mut read = tx.prepare_cached(
         "SELECT id, topic, partition_key, body, props, deliver_at, created_at, 0
@@ -506,13 +521,187 @@ fn claim_tx(
         }
         out.push(rec);
     }
-    Ok((out, None))
+    Ok(out)
+}
+
+/// The claim, inside the writer's transaction: see the module doc.
+fn claim_tx(
+    tx: &Transaction<'_>,
+    relay: &str,
+    max: usize,
+    lease: Duration,
+) -> rusqlite::Result<(Vec<RawRecord>, Option<i64>)> {
+    let now = now_us();
+    let (picked, next) = pick(tx, max, now)?;
+    if picked.is_empty() {
+        return Ok((Vec::new(), next));
+    }
+    let until = now.saturating_add(crate::ops::dur_us(lease).max(1));
+    let ids = json_ids(picked.iter().map(|(id, _)| *id));
+    tx.prepare_cached(
+        "UPDATE outbox_queue SET visible_at = ?1, lease_owner = ?2
+         WHERE id IN (SELECT value FROM json_each(?3))",
+    )?
+    .execute(params![until, relay, ids])?;
+    Ok((read_picked(tx, &picked, &ids)?, None))
+}
+
+/// Marks the queued records `ids` (a [`json_ids`] list) dispatched at `now`: out of the queue,
+/// into `outbox_done` (for the cleaner), and the relay lag of the last one recorded.
+fn mark_tx(tx: &Transaction<'_>, now: i64, ids: &str) -> rusqlite::Result<()> {
+    let last: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT o.id, o.created_at FROM outbox o WHERE o.id = (
+                SELECT max(id) FROM outbox_queue
+                WHERE id IN (SELECT value FROM json_each(?1)))",
+        )?
+        .query_row(params![ids], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO outbox_done (dispatched_at, id)
+         SELECT ?1, id FROM outbox_queue WHERE id IN (SELECT value FROM json_each(?2))",
+    )?
+    .execute(params![now, ids])?;
+    tx.prepare_cached("DELETE FROM outbox_queue WHERE id IN (SELECT value FROM json_each(?1))")?
+        .execute(params![ids])?;
+    if let Some((_, created)) = last {
+        tx.prepare_cached(
+            "INSERT INTO outbox_state (key, value) VALUES ('last_lag_us', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![now - created])?;
+    }
+    Ok(())
+}
+
+/// Parks the queued record `id` with `reason`, the later records of its key behind it.
+fn park_tx(tx: &Transaction<'_>, now: i64, id: i64, reason: &str) -> rusqlite::Result<()> {
+    let key: Option<String> = tx
+        .prepare_cached("SELECT partition_key FROM outbox_queue WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?;
+    let Some(key) = key else {
+        return Ok(()); // dispatched, or parked already
+    };
+    tx.prepare_cached(
+        "INSERT INTO outbox_parked (id, partition_key, attempts, parked_at, reason)
+         SELECT id, partition_key, attempts + 1, ?2, ?3 FROM outbox_queue WHERE id = ?1",
+    )?
+    .execute(params![id, now, reason])?;
+    // The later records of its key wait behind it, out of the claims' way.
+    tx.prepare_cached(
+        "INSERT INTO outbox_parked (id, partition_key, attempts, parked_at, behind)
+         SELECT id, partition_key, attempts, ?3, ?2 FROM outbox_queue
+         WHERE partition_key = ?1 AND id > ?2",
+    )?
+    .execute(params![key, id, now])?;
+    tx.prepare_cached(
+        "DELETE FROM outbox_queue WHERE id = ?2 OR (partition_key = ?1 AND id > ?2)",
+    )?
+    .execute(params![key, id])?;
+    Ok(())
+}
+
+/// Direct dispatch, inside the writer's transaction (see the module doc): picks like a claim,
+/// publishes the records into the queues of this data file in id order, parks those the broker
+/// refuses (too large, invalid topic) with the reason, and marks the others dispatched.
+pub(crate) fn dispatch_tx(
+    tx: &Transaction<'_>,
+    topology: &Topology,
+    cfg: &SqliteConfig,
+    now: i64,
+    max: usize,
+    woke: &mut Woken,
+) -> Result<(DirectBatch, Option<i64>), OpError> {
+    let (picked, next) = pick(tx, max, now)?;
+    if picked.is_empty() {
+        return Ok((DirectBatch::default(), next));
+    }
+    let records = read_picked(tx, &picked, &json_ids(picked.iter().map(|(id, _)| *id)))?;
+    let mut batch = DirectBatch::default();
+    let mut parked_keys: Vec<String> = Vec::new();
+    let mut dispatched: Vec<i64> = Vec::with_capacity(records.len());
+    for rec in records {
+        if parked_keys.contains(&rec.partition_key) {
+            continue; // parked behind its key's refused record, with it
+        }
+        let message = OutgoingMessage {
+            message: Message {
+                body: Bytes::from(rec.body),
+                properties: crate::ops::parse_props(&rec.props),
+            },
+            deliver_at: rec.deliver_at.map(to_time),
+        };
+        let props = [rec.props];
+        let published = crate::ops::publish(
+            tx,
+            topology,
+            cfg,
+            now,
+            &rec.topic,
+            std::slice::from_ref(&message),
+            Some(&props),
+            woke,
+        );
+        match published {
+            Ok(()) => {
+                dispatched.push(rec.id);
+                batch.dispatched += 1;
+                batch.last_created_us = Some(rec.created_at);
+            }
+            // Checked before anything is written: nothing of this record reached a queue.
+            Err(OpError::Transport(e)) if is_refusal(&e) => {
+                let reason = e.to_string();
+                park_tx(tx, now, rec.id, &reason)?;
+                parked_keys.push(rec.partition_key);
+                batch.parked.push((rec.id, reason));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !dispatched.is_empty() {
+        mark_tx(tx, now, &json_ids(dispatched))?;
+    }
+    Ok((batch, None))
+}
+
+/// A refusal for good (parked, never retried), as the relay classifies publish errors.
+fn is_refusal(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::MessageTooLarge { .. } | TransportError::InvalidName { .. }
+    )
 }
 
 #[async_trait]
 impl OutboxStore for SqliteOutbox {
     fn name(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn dispatches_into(&self, transport: &dyn Transport) -> bool {
+        let any: &dyn std::any::Any = transport;
+        any.downcast_ref::<SqliteBroker>()
+            .is_some_and(|b| b.same_store(&self.broker))
+    }
+
+    async fn dispatch(&self, _relay: &str, max: usize) -> Result<DirectBatch, OutboxError> {
+        // As a claim: the generation is seen first, so a commit landing after the pick wakes
+        // the next wait.
+        let generation = *self.broker.shared().outbox.borrow();
+        self.seen.store(generation, Ordering::Release);
+        self.register();
+        let (batch, next) = self
+            .broker
+            .call(|reply| Cmd::Dispatch { max, reply })
+            .await
+            .map_err(broker_error)
+            .inspect_err(|_| self.unregister())?;
+        self.next_due.store(next.unwrap_or(0), Ordering::Release);
+        if batch.moved() > 0 {
+            self.unregister();
+        }
+        Ok(batch)
     }
 
     async fn claim(
@@ -543,37 +732,8 @@ impl OutboxStore for SqliteOutbox {
         if ids.is_empty() {
             return Ok(());
         }
-        let ids = ids.to_vec();
-        self.run(move |tx| {
-            let now = now_us();
-            let ids = json_ids(ids);
-            let last: Option<(i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT o.id, o.created_at FROM outbox o WHERE o.id = (
-                        SELECT max(id) FROM outbox_queue
-                        WHERE id IN (SELECT value FROM json_each(?1)))",
-                )?
-                .query_row(params![ids], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO outbox_done (dispatched_at, id)
-                 SELECT ?1, id FROM outbox_queue WHERE id IN (SELECT value FROM json_each(?2))",
-            )?
-            .execute(params![now, ids])?;
-            tx.prepare_cached(
-                "DELETE FROM outbox_queue WHERE id IN (SELECT value FROM json_each(?1))",
-            )?
-            .execute(params![ids])?;
-            if let Some((_, created)) = last {
-                tx.prepare_cached(
-                    "INSERT INTO outbox_state (key, value) VALUES ('last_lag_us', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![now - created])?;
-            }
-            Ok(())
-        })
-        .await
+        let ids = json_ids(ids.iter().copied());
+        self.run(move |tx| mark_tx(tx, now_us(), &ids)).await
     }
 
     async fn release(
@@ -605,34 +765,7 @@ impl OutboxStore for SqliteOutbox {
 
     async fn park(&self, _relay: &str, id: i64, reason: &str) -> Result<(), OutboxError> {
         let reason = reason.to_owned();
-        self.run(move |tx| {
-            let key: Option<String> = tx
-                .prepare_cached("SELECT partition_key FROM outbox_queue WHERE id = ?1")?
-                .query_row(params![id], |r| r.get(0))
-                .optional()?;
-            let Some(key) = key else {
-                return Ok(()); // dispatched, or parked already
-            };
-            let now = now_us();
-            tx.prepare_cached(
-                "INSERT INTO outbox_parked (id, partition_key, attempts, parked_at, reason)
-                 SELECT id, partition_key, attempts + 1, ?2, ?3 FROM outbox_queue WHERE id = ?1",
-            )?
-            .execute(params![id, now, reason])?;
-            // The later records of its key wait behind it, out of the claims' way.
-            tx.prepare_cached(
-                "INSERT INTO outbox_parked (id, partition_key, attempts, parked_at, behind)
-                 SELECT id, partition_key, attempts, ?3, ?2 FROM outbox_queue
-                 WHERE partition_key = ?1 AND id > ?2",
-            )?
-            .execute(params![key, id, now])?;
-            tx.prepare_cached(
-                "DELETE FROM outbox_queue WHERE id = ?2 OR (partition_key = ?1 AND id > ?2)",
-            )?
-            .execute(params![key, id])?;
-            Ok(())
-        })
-        .await
+        self.run(move |tx| park_tx(tx, now_us(), id, &reason)).await
     }
 
     async fn cleanup(&self, older_than: Duration, batch: u32) -> Result<u64, OutboxError> {

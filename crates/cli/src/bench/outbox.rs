@@ -90,6 +90,11 @@ pub struct OutboxBenchArgs {
     /// `synchronous_commit=on` (default off: a lost claim or mark only republishes).
     #[arg(long)]
     pub pg_synchronous_commit: bool,
+    /// SQLite: drain with the leased relay path (claim, publish, mark: `RelayConfig::direct`
+    /// off) instead of direct dispatch (claim, publish and mark in one transaction of the data
+    /// file, the default where the outbox and the broker share it). PostgreSQL always leases.
+    #[arg(long)]
+    pub leased: bool,
 }
 
 impl Default for OutboxBenchArgs {
@@ -106,6 +111,7 @@ impl Default for OutboxBenchArgs {
             rate: 1000.0,
             seconds: Duration::from_secs(5),
             pg_synchronous_commit: false,
+            leased: false,
         }
     }
 }
@@ -161,6 +167,9 @@ pub struct Settings {
     pub durability: String,
     /// Where the relay publishes.
     pub transport: String,
+    /// How the relay drains: `direct` (one transaction per batch, SQLite's own broker) or
+    /// `leased` (claim, publish, mark).
+    pub relay: &'static str,
     /// `/proc/loadavg` when the benchmark started.
     pub loadavg_start: String,
     /// `/proc/loadavg` when it ended.
@@ -301,12 +310,22 @@ fn pg_config(a: &OutboxBenchArgs, schema: String) -> PgOutboxConfig {
     }
 }
 
+/// How the drain runs relay: see [`Settings::relay`].
+fn relay_mode(a: &OutboxBenchArgs) -> &'static str {
+    if a.leased || a.store == StoreKind::Postgres {
+        "leased"
+    } else {
+        "direct"
+    }
+}
+
 /// Runs the relay from `store` into `broker` until `n` records are dispatched; events/s.
 async fn drain(
     store: Arc<dyn eventyard::outbox::OutboxStore>,
     broker: &SqliteBroker,
     n: u64,
     batch: usize,
+    leased: bool,
 ) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     let relay = Relay::spawn(
@@ -316,6 +335,7 @@ async fn drain(
             name: "bench".into(),
             batch_size: batch,
             cleaner: None,
+            direct: !leased,
             ..RelayConfig::default()
         },
     );
@@ -353,7 +373,7 @@ async fn drain_run(a: &OutboxBenchArgs, evs: Arc<Vec<PendingEvent>>) -> anyhow::
                 tokio::task::spawn_blocking(move || sqlite_baseline(&p, &e, batch)).await??;
             let broker = SqliteBroker::open(SqliteConfig::new(&path))?;
             let store = Arc::new(SqliteOutbox::new(broker.clone()));
-            let rate = drain(store, &broker, n, batch).await;
+            let rate = drain(store, &broker, n, batch, a.leased).await;
             broker.close().await?;
             let rate = rate?;
             Ok(DrainRun {
@@ -371,7 +391,7 @@ async fn drain_run(a: &OutboxBenchArgs, evs: Arc<Vec<PendingEvent>>) -> anyhow::
                 let secs = eventyard_postgres::bench::insert_backlog(&store, &evs, batch).await?;
                 let baseline_rate = n as f64 / secs.as_secs_f64();
                 let broker = bench_broker(&path).await?;
-                let rate = drain(Arc::new(store.clone()), &broker, n, batch).await;
+                let rate = drain(Arc::new(store.clone()), &broker, n, batch, true).await;
                 broker.close().await?;
                 let rate = rate?;
                 Ok::<_, anyhow::Error>(DrainRun {
@@ -476,6 +496,7 @@ async fn latency_measure(
         RelayConfig {
             name: "bench-latency".into(),
             cleaner: None,
+            direct: !a.leased,
             ..RelayConfig::default()
         },
     );
@@ -612,6 +633,7 @@ pub async fn measure(a: &OutboxBenchArgs) -> anyhow::Result<OutboxReport> {
             latency_seconds: a.seconds.as_secs_f64(),
             durability,
             transport: "embedded SQLite broker (one subscription on the topic)".into(),
+            relay: relay_mode(a),
             loadavg_start,
             loadavg_end: loadavg(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -630,11 +652,12 @@ pub fn print(r: &OutboxReport) {
         s.durability
     );
     println!(
-        "  backlog {} events ({} B bodies) over {} keys, batch {}, {} runs; load {} → {}",
+        "  backlog {} events ({} B bodies) over {} keys, batch {}, relay {}, {} runs; load {} → {}",
         s.events,
         s.body_bytes,
         s.keys,
         s.batch,
+        s.relay,
         r.runs.len(),
         s.loadavg_start,
         s.loadavg_end
