@@ -408,6 +408,14 @@ async fn direct_dispatch_publishes_once_and_parks_what_the_broker_refuses() {
     assert!(!Relay::new(outbox.clone(), Arc::new(s.broker.clone()), off).is_direct());
     assert!(!Relay::new(outbox.clone(), Arc::new(other.clone()), fast("x")).is_direct());
 
+    // Filters apply as on any publish.
+    for (name, tenant) in [("mine", "connectsoft"), ("theirs", "other")] {
+        let filter = eventyard::Filter::sql(&format!("[cs-tenant-id] = '{tenant}'")).unwrap();
+        s.broker
+            .ensure_subscription(&SubscriptionSpec::new(TOPIC, name).filter(filter))
+            .await
+            .unwrap();
+    }
     let mut rx = s
         .broker
         .receiver(TOPIC, "check", SubQueue::Main)
@@ -450,6 +458,16 @@ async fn direct_dispatch_publishes_once_and_parks_what_the_broker_refuses() {
     );
     let counts = handle.counts();
     assert_eq!((counts.dispatched, counts.parked), (5, 1), "{counts:?}");
+    let queued = |name: &str, stats: &[eventyard::sqlite::SubscriptionStats]| {
+        let s = stats.iter().find(|s| s.subscription == name).unwrap();
+        s.available + s.pending
+    };
+    let stats = s.broker.stats().await.unwrap();
+    assert_eq!(
+        (queued("mine", &stats), queued("theirs", &stats)),
+        (5, 0),
+        "{stats:?}"
+    );
     let parked = outbox.parked(10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(parked[0].reason.contains("exceeds"), "{parked:?}");

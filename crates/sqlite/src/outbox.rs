@@ -625,10 +625,18 @@ pub(crate) fn dispatch_tx(
         if parked_keys.contains(&rec.partition_key) {
             continue; // parked behind its key's refused record, with it
         }
+        // The properties are stored as they are; decoded only for filters that look at them.
+        let filtered = topology
+            .of_topic(&rec.topic)
+            .any(|s| !matches!(*s.filter, eventyard_core::Filter::All));
         let message = OutgoingMessage {
             message: Message {
                 body: Bytes::from(rec.body),
-                properties: crate::ops::parse_props(&rec.props),
+                properties: if filtered {
+                    crate::ops::parse_props(&rec.props)
+                } else {
+                    Default::default()
+                },
             },
             deliver_at: rec.deliver_at.map(to_time),
         };
