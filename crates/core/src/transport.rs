@@ -526,4 +526,13 @@ impl TransportError {
             TransportError::Unavailable { .. } | TransportError::Locked { .. }
         )
     }
+
+    /// True when the transport refuses the message for good (too large, invalid name): an
+    /// outbox relay parks such a record instead of retrying it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            TransportError::MessageTooLarge { .. } | TransportError::InvalidName { .. }
+        )
+    }
 }

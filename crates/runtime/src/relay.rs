@@ -351,13 +351,6 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-fn is_refusal(e: &TransportError) -> bool {
-    matches!(
-        e,
-        TransportError::MessageTooLarge { .. } | TransportError::InvalidName { .. }
-    )
-}
-
 fn instance_id(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let t = Utc::now().timestamp_micros();
@@ -870,12 +863,12 @@ impl Relay {
             for ((topic, recs), result) in batches.into_iter().zip(results) {
                 match result {
                     Ok(()) => dispatched(&mut s, &recs),
-                    Err(e) if is_refusal(&e) && recs.len() == 1 => {
+                    Err(e) if e.is_refusal() && recs.len() == 1 => {
                         self.publish_failed();
                         stopped.insert(recs[0].partition_key.clone());
                         s.parked.push((recs[0].id, e.to_string()));
                     }
-                    Err(e) if is_refusal(&e) => {
+                    Err(e) if e.is_refusal() => {
                         self.publish_failed();
                         // Find the culprits: one by one, in order.
                         for r in recs {
@@ -889,7 +882,7 @@ impl Relay {
                             }
                             match self.publish_one(&topic, vec![outgoing(&r)]).await {
                                 Ok(()) => dispatched(&mut s, std::slice::from_ref(&r)),
-                                Err(e) if is_refusal(&e) => {
+                                Err(e) if e.is_refusal() => {
                                     stopped.insert(r.partition_key.clone());
                                     s.parked.push((r.id, e.to_string()));
                                 }

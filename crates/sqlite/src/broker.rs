@@ -185,13 +185,14 @@ impl SqliteBroker {
         E: Send + 'static,
     {
         let work = std::sync::Mutex::new(Some(f));
-        let r = writer::call(self.sender()?, |reply| Cmd::Exec {
-            work,
-            wake_all,
-            guarded,
-            reply,
-        })
-        .await?;
+        let r = self
+            .call(|reply| Cmd::Exec {
+                work,
+                wake_all,
+                guarded,
+                reply,
+            })
+            .await?;
         let wrong = || TransportError::Backend {
             backend: "sqlite",
             message: "internal: result of the wrong type".into(),
@@ -227,7 +228,7 @@ impl SqliteBroker {
 
     /// Message counts of every subscription (available, pending, dead-lettered).
     pub async fn stats(&self) -> Result<Vec<SubscriptionStats>, TransportError> {
-        writer::call(self.sender()?, |reply| Cmd::Stats { reply }).await
+        self.call(|reply| Cmd::Stats { reply }).await
     }
 }
 
@@ -246,12 +247,12 @@ impl Transport for SqliteBroker {
     async fn ensure_subscription(&self, spec: &SubscriptionSpec) -> Result<(), TransportError> {
         spec.validate()?;
         let spec = Box::new(spec.clone());
-        writer::call(self.sender()?, |reply| Cmd::Ensure { spec, reply }).await
+        self.call(|reply| Cmd::Ensure { spec, reply }).await
     }
 
     async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), TransportError> {
         let (topic, name) = (topic.to_owned(), name.to_owned());
-        writer::call(self.sender()?, |reply| Cmd::Delete { topic, name, reply }).await
+        self.call(|reply| Cmd::Delete { topic, name, reply }).await
     }
 
     async fn publish(
@@ -271,7 +272,7 @@ impl Transport for SqliteBroker {
                 .map(|m| crate::ops::props_json(&m.message.properties))
                 .collect(),
         );
-        writer::call(self.sender()?, |reply| Cmd::Publish {
+        self.call(|reply| Cmd::Publish {
             topic,
             messages,
             props,
@@ -289,12 +290,13 @@ impl Transport for SqliteBroker {
         eventyard_core::transport::check_name("topic", topic)?;
         eventyard_core::transport::check_name("subscription", subscription)?;
         let (t, n) = (topic.to_owned(), subscription.to_owned());
-        let id = writer::call(self.sender()?, |reply| Cmd::Lookup {
-            topic: t,
-            name: n,
-            reply,
-        })
-        .await?;
+        let id = self
+            .call(|reply| Cmd::Lookup {
+                topic: t,
+                name: n,
+                reply,
+            })
+            .await?;
         let queue = if queue == SubQueue::DeadLetter {
             -id
         } else {
@@ -379,12 +381,10 @@ impl Receiver for SqliteReceiver {
             self.wake.borrow_and_update();
             self.queue_wake.borrow_and_update();
             let queue = self.queue;
-            let claimed: Claimed = writer::call(self.broker.sender()?, |reply| Cmd::Claim {
-                queue,
-                max,
-                reply,
-            })
-            .await?;
+            let claimed: Claimed = self
+                .broker
+                .call(|reply| Cmd::Claim { queue, max, reply })
+                .await?;
             if !claimed.rows.is_empty() {
                 return Ok(claimed
                     .rows

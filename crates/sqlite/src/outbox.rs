@@ -301,6 +301,25 @@ impl SqliteOutbox {
         }
     }
 
+    /// Before a claim or a dispatch: marks the current generation of the outbox signal as seen
+    /// (so that a commit landing between the pick and the next wait is not missed) and
+    /// registers as a waiter.
+    fn before_pick(&self) {
+        let generation = *self.broker.shared().outbox.borrow();
+        self.seen.store(generation, Ordering::Release);
+        self.register();
+    }
+
+    /// After a claim or a dispatch that `found` records or not: the earliest retry time of a
+    /// held record (`next`, for [`OutboxStore::wait`]); a relay that found records is no longer
+    /// waiting.
+    fn after_pick(&self, found: bool, next: Option<i64>) {
+        self.next_due.store(next.unwrap_or(0), Ordering::Release);
+        if found {
+            self.unregister();
+        }
+    }
+
     fn unregister(&self) {
         if self.idle.swap(false, Ordering::AcqRel) {
             self.broker.shared().waiters.fetch_sub(1, Ordering::AcqRel);
@@ -658,7 +677,7 @@ pub(crate) fn dispatch_tx(
                 batch.last_created_us = Some(rec.created_at);
             }
             // Checked before anything is written: nothing of this record reached a queue.
-            Err(OpError::Transport(e)) if is_refusal(&e) => {
+            Err(OpError::Transport(e)) if e.is_refusal() => {
                 let reason = e.to_string();
                 park_tx(tx, now, rec.id, &reason)?;
                 parked_keys.push(rec.partition_key);
@@ -671,14 +690,6 @@ pub(crate) fn dispatch_tx(
         mark_tx(tx, now, &json_ids(dispatched))?;
     }
     Ok((batch, None))
-}
-
-/// A refusal for good (parked, never retried), as the relay classifies publish errors.
-fn is_refusal(e: &TransportError) -> bool {
-    matches!(
-        e,
-        TransportError::MessageTooLarge { .. } | TransportError::InvalidName { .. }
-    )
 }
 
 #[async_trait]
@@ -694,21 +705,14 @@ impl OutboxStore for SqliteOutbox {
     }
 
     async fn dispatch(&self, _relay: &str, max: usize) -> Result<DirectBatch, OutboxError> {
-        // As a claim: the generation is seen first, so a commit landing after the pick wakes
-        // the next wait.
-        let generation = *self.broker.shared().outbox.borrow();
-        self.seen.store(generation, Ordering::Release);
-        self.register();
+        self.before_pick();
         let (batch, next) = self
             .broker
             .call(|reply| Cmd::Dispatch { max, reply })
             .await
             .map_err(broker_error)
             .inspect_err(|_| self.unregister())?;
-        self.next_due.store(next.unwrap_or(0), Ordering::Release);
-        if batch.moved() > 0 {
-            self.unregister();
-        }
+        self.after_pick(batch.moved() > 0, next);
         Ok(batch)
     }
 
@@ -718,21 +722,14 @@ impl OutboxStore for SqliteOutbox {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<OutboxRecord>, OutboxError> {
-        // Mark the current generation as seen before claiming, so that a commit landing between
-        // this claim and the next wait is not missed.
-        let generation = *self.broker.shared().outbox.borrow();
-        self.seen.store(generation, Ordering::Release);
-        self.register();
+        self.before_pick();
         let relay = relay.to_owned();
         let (raw, next) = self
             .run(move |tx| claim_tx(tx, &relay, max, lease))
             .await
             .inspect_err(|_| self.unregister())?;
         let records: Vec<OutboxRecord> = raw.into_iter().map(RawRecord::into_record).collect();
-        self.next_due.store(next.unwrap_or(0), Ordering::Release);
-        if !records.is_empty() {
-            self.unregister();
-        }
+        self.after_pick(!records.is_empty(), next);
         Ok(records)
     }
 
