@@ -416,8 +416,10 @@ pub(crate) fn publish(
         return Ok(());
     }
     let mut insert = tx.prepare_cached(
-        "INSERT INTO messages (queue, visible_at, enqueued_at, body, props) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO messages (queue, visible_at, enqueued_at) VALUES (?1, ?2, ?3)",
     )?;
+    let mut insert_body =
+        tx.prepare_cached("INSERT INTO message_bodies (seq, body, props) VALUES (?1, ?2, ?3)")?;
     for (i, m) in messages.iter().enumerate() {
         let visible_at = m.deliver_at.map(|t| t.timestamp_micros()).unwrap_or(now);
         let given = encoded.and_then(|e| e.get(i));
@@ -428,7 +430,8 @@ pub(crate) fn publish(
                     Some(p) => p,
                     None => local.get_or_insert_with(|| props_json(&m.message.properties)),
                 };
-                insert.execute(params![s.id, visible_at, now, &m.message.body[..], p])?;
+                let seq = insert.insert(params![s.id, visible_at, now])?;
+                insert_body.execute(params![seq, &m.message.body[..], p])?;
                 if visible_at <= now {
                     woke.queue(s.id);
                 }
@@ -463,7 +466,7 @@ fn claim(
         "UPDATE messages SET delivery_count = delivery_count + 1, visible_at = ?1
          WHERE seq IN (SELECT seq FROM messages WHERE queue = +?2 AND visible_at <= +?3
                        ORDER BY visible_at, seq LIMIT +?4)
-         RETURNING seq, delivery_count, enqueued_at, body, props",
+         RETURNING seq, delivery_count, enqueued_at",
     )?;
     let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
     let mut rows = stmt
@@ -472,14 +475,19 @@ fn claim(
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, String>(4)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.sort_unstable_by_key(|r| r.0);
+    let mut bytes = tx.prepare_cached("SELECT body, props FROM message_bodies WHERE seq = ?1")?;
     let mut out = Claimed::default();
-    for (seq, count, enqueued_at, body, props) in rows {
+    for (seq, count, enqueued_at) in rows {
+        let (body, props) = bytes
+            .query_row(params![seq], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?
+            .unwrap_or_default();
         let count = u32::try_from(count).unwrap_or(u32::MAX);
         if queue > 0 && count > sub.max_delivery {
             let info = DeadLetterInfo::new(
@@ -527,11 +535,12 @@ fn dead_letter(
         Some(info.context.to_string())
     };
     tx.prepare_cached(
-        "UPDATE messages SET queue = ?1, visible_at = ?2, delivery_count = 0, props = ?3,
-                dl_context = ?4, dl_at = ?2
-         WHERE seq = ?5",
+        "UPDATE messages SET queue = ?1, visible_at = ?2, delivery_count = 0, dl_at = ?2
+         WHERE seq = ?3",
     )?
-    .execute(params![-queue, now, props_json(&props), context, seq])?;
+    .execute(params![-queue, now, seq])?;
+    tx.prepare_cached("UPDATE message_bodies SET props = ?1, dl_context = ?2 WHERE seq = ?3")?
+        .execute(params![props_json(&props), context, seq])?;
     Ok(())
 }
 
@@ -581,7 +590,8 @@ fn settle(
             }
             let props: Option<String> = tx
                 .prepare_cached(
-                    "SELECT props FROM messages WHERE seq = ?1 AND queue = ?2 AND delivery_count = ?3",
+                    "SELECT b.props FROM messages m JOIN message_bodies b ON b.seq = m.seq
+                     WHERE m.seq = ?1 AND m.queue = ?2 AND m.delivery_count = ?3",
                 )?
                 .query_row(params![seq, queue, count], |r| r.get(0))
                 .optional()?;
@@ -768,14 +778,14 @@ fn exec_unguarded(
 
 fn merge_props(tx: &Transaction<'_>, seq: i64, extra: &Properties) -> Result<(), OpError> {
     let current: Option<String> = tx
-        .prepare_cached("SELECT props FROM messages WHERE seq = ?1")?
+        .prepare_cached("SELECT props FROM message_bodies WHERE seq = ?1")?
         .query_row(params![seq], |r| r.get(0))
         .optional()?;
     let mut props = current.as_deref().map(parse_props).unwrap_or_default();
     for (k, v) in extra.iter() {
         props.insert(k, v.clone());
     }
-    tx.prepare_cached("UPDATE messages SET props = ?1 WHERE seq = ?2")?
+    tx.prepare_cached("UPDATE message_bodies SET props = ?1 WHERE seq = ?2")?
         .execute(params![props_json(&props), seq])?;
     Ok(())
 }

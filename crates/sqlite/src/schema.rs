@@ -2,9 +2,15 @@
 //!
 //! One file holds every queue. `subscriptions` declares queues; `messages` holds the messages of
 //! every queue: a subscription's main queue has `queue = id`, its dead-letter sub-queue
-//! `queue = -id`, so dead-lettering is a single UPDATE. `visible_at` (µs since the epoch) serves
-//! scheduled delivery, abandon delays and lock expiry alike: a message is available when
-//! `visible_at <= now`; receiving it moves `visible_at` to the end of its lock.
+//! `queue = -id`, so dead-lettering moves a row without copying it. `visible_at` (µs since the
+//! epoch) serves scheduled delivery, abandon delays and lock expiry alike: a message is available
+//! when `visible_at <= now`; receiving it moves `visible_at` to the end of its lock.
+//!
+//! A message's bytes (body, properties, dead-letter context) live beside it in `message_bodies`,
+//! keyed by the same `seq`, so that the row every claim rewrites (`visible_at`,
+//! `delivery_count`) is a few dozen bytes rather than the whole message: a claim then rewrites a
+//! handful of pages per batch instead of every page the bodies fill. A trigger deletes a body
+//! with its message, whichever statement deletes it.
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -17,10 +23,26 @@ use crate::error::map_open_error;
 pub const APPLICATION_ID: i64 = 0x4559_5244;
 /// Current schema version (`PRAGMA user_version`). 2: inbox keys are stored as
 /// [`IdempotencyKey::storage_key`](eventyard_core::IdempotencyKey::storage_key) (event order,
-/// then the hash); version 1 files are migrated on open.
-pub const SCHEMA_VERSION: i64 = 2;
+/// then the hash). 3: message bytes in `message_bodies`, apart from the claim state in
+/// `messages`. Older files are migrated on open.
+pub const SCHEMA_VERSION: i64 = 3;
 
-const DDL: &str = "
+/// The columns of `messages` (the table and its version 2 → 3 rebuild share them).
+macro_rules! message_columns {
+    () => {
+        "
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue          INTEGER NOT NULL,
+    visible_at     INTEGER NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    enqueued_at    INTEGER NOT NULL,
+    dl_at          INTEGER
+"
+    };
+}
+
+const DDL: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -37,19 +59,17 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     created_at   INTEGER NOT NULL,
     UNIQUE (topic, name)
 );
-CREATE TABLE IF NOT EXISTS messages (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue          INTEGER NOT NULL,
-    visible_at     INTEGER NOT NULL,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    enqueued_at    INTEGER NOT NULL,
-    body           BLOB NOT NULL,
-    props          TEXT NOT NULL,
-    dl_context     TEXT,
-    dl_at          INTEGER
-);
+CREATE TABLE IF NOT EXISTS messages (",
+    message_columns!(),
+    ");
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
 CREATE INDEX IF NOT EXISTS messages_dead_lettered ON messages (dl_at, seq) WHERE queue < 0;
+CREATE TABLE IF NOT EXISTS message_bodies (
+    seq        INTEGER PRIMARY KEY,
+    body       BLOB NOT NULL,
+    props      TEXT NOT NULL,
+    dl_context TEXT
+);
 CREATE TABLE IF NOT EXISTS inbox (
     key        TEXT PRIMARY KEY,
     tenant     TEXT NOT NULL,
@@ -110,6 +130,15 @@ CREATE TABLE IF NOT EXISTS dlq_audit (
     dry_run  INTEGER NOT NULL,
     detail   TEXT
 );
+"
+);
+
+/// Deletes a message's bytes with it (applied after [`migrate`], which may rebuild `messages`).
+const BODY_TRIGGER: &str = "
+CREATE TRIGGER IF NOT EXISTS message_bodies_follow AFTER DELETE ON messages
+BEGIN
+    DELETE FROM message_bodies WHERE seq = old.seq;
+END;
 ";
 
 /// Opens (creating if needed) the data file with WAL, the configured `synchronous` and busy
@@ -194,6 +223,7 @@ fn bootstrap(conn: &Connection, cfg: &SqliteConfig) -> rusqlite::Result<Result<(
     // connection.
     conn.execute_batch(&format!("BEGIN IMMEDIATE; {DDL}"))?;
     migrate(conn)?;
+    conn.execute_batch(BODY_TRIGGER)?;
     conn.execute_batch(&format!(
         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))?;
@@ -216,5 +246,37 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             update.execute(rusqlite::params![stored, key])?;
         }
     }
+    // Checked on the table rather than the version alone: what matters is whether the bytes
+    // still live in `messages`.
+    let wide: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = 'body'",
+        [],
+        |r| r.get(0),
+    )?;
+    if (1..3).contains(&version) && wide {
+        split_message_bodies(conn)?;
+    }
     Ok(())
+}
+
+/// Version 2 → 3: moves body, properties and dead-letter context out of `messages` into
+/// `message_bodies`, rebuilding `messages` narrow with the same `seq`s and the same
+/// AUTOINCREMENT high-water mark (a settled message's `seq` is never handed out again).
+fn split_message_bodies(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(concat!(
+        "INSERT INTO message_bodies (seq, body, props, dl_context)
+             SELECT seq, body, props, dl_context FROM messages;
+         CREATE TABLE messages_v3 (",
+        message_columns!(),
+        ");
+         INSERT INTO messages_v3 (seq, queue, visible_at, delivery_count, enqueued_at, dl_at)
+             SELECT seq, queue, visible_at, delivery_count, enqueued_at, dl_at FROM messages;
+         DELETE FROM sqlite_sequence WHERE name = 'messages_v3';
+         INSERT INTO sqlite_sequence (name, seq)
+             SELECT 'messages_v3', seq FROM sqlite_sequence WHERE name = 'messages';
+         DROP TABLE messages;
+         ALTER TABLE messages_v3 RENAME TO messages;
+         CREATE INDEX messages_ready ON messages (queue, visible_at, seq);
+         CREATE INDEX messages_dead_lettered ON messages (dl_at, seq) WHERE queue < 0;",
+    ))
 }

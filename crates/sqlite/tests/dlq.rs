@@ -337,17 +337,27 @@ async fn entries_carry_the_fault_context() {
 async fn malformed_rows_are_listed_as_unknown() {
     let f = fixture().await;
     f.b.transaction(|tx| {
-        tx.execute(
-            "INSERT INTO messages (queue, visible_at, enqueued_at, body, props, dl_context, dl_at)
-             SELECT -id, 0, 0, X'FF00', 'not json', '{broken', 1 FROM subscriptions
-             WHERE name = 'shipping'",
-            [],
-        )?;
-        tx.execute(
-            "INSERT INTO messages (queue, visible_at, enqueued_at, body, props, dl_context, dl_at)
-             SELECT -id, 0, 0, '{}', '{\"cs-dead-letter-reason\": 7, \"x\": [1]}', '[1]', 2
-             FROM subscriptions WHERE name = 'shipping'",
-            [],
+        // A message row and its bytes (schema version 3 keeps them in two tables).
+        let raw = |body: &str, props: &str, ctx: &str, dl_at: i64| -> rusqlite::Result<usize> {
+            tx.execute(
+                "INSERT INTO messages (queue, visible_at, enqueued_at, dl_at)
+                 SELECT -id, 0, 0, ?1 FROM subscriptions WHERE name = 'shipping'",
+                [dl_at],
+            )?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO message_bodies (seq, body, props, dl_context)
+                     VALUES (last_insert_rowid(), {body}, ?1, ?2)"
+                ),
+                [props, ctx],
+            )
+        };
+        raw("X'FF00'", "not json", "{broken", 1)?;
+        raw(
+            "'{}'",
+            "{\"cs-dead-letter-reason\": 7, \"x\": [1]}",
+            "[1]",
+            2,
         )
     })
     .await

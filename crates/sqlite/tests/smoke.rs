@@ -206,5 +206,111 @@ async fn a_version_1_inbox_is_migrated_and_still_deduplicates() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stored, (key.storage_key().to_owned(), 2));
+    assert_eq!(stored, (key.storage_key().to_owned(), 3));
+}
+
+/// A data file of schema version 2 (message bytes in the `messages` rows) is migrated on open:
+/// waiting messages are delivered with their body and properties, dead letters keep their
+/// reason and fault context, and sequence numbers already handed out are not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_data_file_is_migrated_with_its_messages() {
+    use eventyard_core::{DeadLetterInfo, Settlement};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let b = SqliteBroker::open(SqliteConfig::new(&path)).unwrap();
+    b.ensure_subscription(&SubscriptionSpec::new("ProjectCreated", "s1"))
+        .await
+        .unwrap();
+    b.close().await.unwrap();
+    drop(b);
+    let ready = msg("acme");
+    let dead = msg("acme");
+    // What version 2 held: one wide `messages` table; seq 1000 was handed out and settled.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "DROP TRIGGER message_bodies_follow; DROP TABLE message_bodies; DROP TABLE messages;
+         CREATE TABLE messages (
+             seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+             queue          INTEGER NOT NULL,
+             visible_at     INTEGER NOT NULL,
+             delivery_count INTEGER NOT NULL DEFAULT 0,
+             enqueued_at    INTEGER NOT NULL,
+             body           BLOB NOT NULL,
+             props          TEXT NOT NULL,
+             dl_context     TEXT,
+             dl_at          INTEGER
+         );
+         CREATE INDEX messages_ready ON messages (queue, visible_at, seq);
+         CREATE INDEX messages_dead_lettered ON messages (dl_at, seq) WHERE queue < 0;
+         UPDATE sqlite_sequence SET seq = 1000 WHERE name = 'messages';
+         INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', 1000
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages');
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    let props = |m: &Message| serde_json::to_string(&m.properties).unwrap();
+    let mut dead_props = dead.properties.clone();
+    dead_props.insert("cs-dead-letter-reason", "Poison");
+    dead_props.insert("cs-dead-letter-description", "could not parse");
+    dead_props.insert("cs-dead-letter-source", "s1");
+    c.execute(
+        "INSERT INTO messages (seq, queue, visible_at, enqueued_at, body, props)
+         VALUES (10, 1, 0, 5, ?1, ?2)",
+        rusqlite::params![&ready.body[..], props(&ready)],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO messages (seq, queue, visible_at, enqueued_at, body, props, dl_context, dl_at)
+         VALUES (11, -1, 0, 5, ?1, ?2, '{\"fingerprint\":\"abc\"}', 7)",
+        rusqlite::params![&dead.body[..], serde_json::to_string(&dead_props).unwrap()],
+    )
+    .unwrap();
+    drop(c);
+
+    let b = SqliteBroker::open(SqliteConfig::new(&path)).unwrap();
+    let mut r = b
+        .receiver("ProjectCreated", "s1", SubQueue::Main)
+        .await
+        .unwrap();
+    let got = r.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].sequence, 10);
+    assert_eq!(got[0].message, ready);
+    let listed = eventyard_sqlite::dlq::list(&b, &eventyard_sqlite::dlq::DlqQuery::new())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].seq, 11);
+    assert_eq!(listed[0].reason, "Poison");
+    assert_eq!(listed[0].fingerprint, "abc");
+    // A settlement after the migration deletes the message and its bytes.
+    for d in got {
+        d.settle(Settlement::Ack).await.unwrap();
+    }
+    // New messages continue above the old high-water mark.
+    b.publish("ProjectCreated", vec![msg("acme").into()])
+        .await
+        .unwrap();
+    let got = r.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].sequence > 1000, "seq {} reused", got[0].sequence);
+    got.into_iter()
+        .next()
+        .unwrap()
+        .settle(Settlement::DeadLetter(DeadLetterInfo::new("Later", "x")))
+        .await
+        .unwrap();
+    let (rows, bodies, version): (i64, i64, i64) = b
+        .transaction(|tx| {
+            tx.query_row(
+                "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM message_bodies),
+                        (SELECT user_version FROM pragma_user_version)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rows, bodies, version), (2, 2, 3));
 }

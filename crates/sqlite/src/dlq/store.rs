@@ -38,11 +38,12 @@ pub(super) fn db(e: rusqlite::Error) -> DlqError {
 /// `p` / `c`: the properties and the fault context when they are valid JSON, else NULL.
 const BASE: &str = "
     SELECT m.seq AS seq, coalesce(s.topic, '?') AS topic, coalesce(s.name, '?') AS sub,
-           m.body AS body, m.props AS props, m.dl_context AS ctx,
+           b.body AS body, b.props AS props, b.dl_context AS ctx,
            coalesce(m.dl_at, m.enqueued_at) AS dlt, m.enqueued_at AS enq, m.dl_at AS dl_at,
-           CASE WHEN json_valid(m.props) THEN m.props END AS p,
-           CASE WHEN json_valid(m.dl_context) THEN m.dl_context END AS c
-    FROM messages m LEFT JOIN subscriptions s ON s.id = -m.queue";
+           CASE WHEN json_valid(b.props) THEN b.props END AS p,
+           CASE WHEN json_valid(b.dl_context) THEN b.dl_context END AS c
+    FROM messages m JOIN message_bodies b ON b.seq = m.seq
+    LEFT JOIN subscriptions s ON s.id = -m.queue";
 
 /// Newest first (`dl_at` is set on every dead letter; NULLs, if any, come last).
 const NEWEST_FIRST: &str = " ORDER BY dl_at DESC, seq DESC";
@@ -644,12 +645,18 @@ pub(super) fn move_back(
     })?;
     let changed = conn
         .prepare_cached(
-            "UPDATE messages SET queue = ?1, visible_at = ?2, delivery_count = 0, props = ?3,
-                    dl_context = NULL, dl_at = NULL
-             WHERE seq = ?4 AND queue < 0",
+            "UPDATE messages SET queue = ?1, visible_at = ?2, delivery_count = 0, dl_at = NULL
+             WHERE seq = ?3 AND queue < 0",
         )
-        .and_then(|mut s| s.execute(params![queue, now.timestamp_micros(), props, seq]))
+        .and_then(|mut s| s.execute(params![queue, now.timestamp_micros(), seq]))
         .map_err(db)?;
+    if changed == 1 {
+        conn.prepare_cached(
+            "UPDATE message_bodies SET props = ?1, dl_context = NULL WHERE seq = ?2",
+        )
+        .and_then(|mut s| s.execute(params![props, seq]))
+        .map_err(db)?;
+    }
     Ok(changed == 1)
 }
 
