@@ -33,9 +33,12 @@ pub use eventyard_core::{self as core, *};
 pub use eventyard_lineage as lineage;
 #[cfg(feature = "nats")]
 pub use eventyard_nats as nats;
+#[cfg(feature = "postgres")]
+pub use eventyard_postgres as postgres;
 #[cfg(feature = "rabbitmq")]
 pub use eventyard_rabbitmq as rabbitmq;
 pub use eventyard_runtime::{self as runtime, *};
+pub use eventyard_saga as saga;
 #[cfg(feature = "sqlite")]
 pub use eventyard_sqlite as sqlite;
 
