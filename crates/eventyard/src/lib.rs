@@ -38,7 +38,13 @@ pub use eventyard_postgres as postgres;
 #[cfg(feature = "rabbitmq")]
 pub use eventyard_rabbitmq as rabbitmq;
 pub use eventyard_runtime::{self as runtime, *};
-pub use eventyard_saga as saga;
+
+/// Sagas: the store contract and its records (`eventyard-core`) and the engine, definitions and
+/// timeout scheduler (`eventyard-saga`) under one name.
+pub mod saga {
+    pub use eventyard_core::saga::*;
+    pub use eventyard_saga::*;
+}
 #[cfg(feature = "sqlite")]
 pub use eventyard_sqlite as sqlite;
 
