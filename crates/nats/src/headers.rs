@@ -14,6 +14,8 @@
 //! Headers starting with `Nats-` or `Eventyard-` are never properties. Headers from other
 //! publishers become string properties.
 
+use std::sync::LazyLock;
+
 use async_nats::{HeaderMap, HeaderName};
 use eventyard_core::properties::names;
 use eventyard_core::{Properties, PropertyValue};
@@ -57,6 +59,26 @@ static KNOWN_NAMES: [HeaderName; 11] = [
     HeaderName::from_static(names::MESSAGE_KIND),
     HeaderName::from_static(names::REPLAYED),
 ];
+
+/// An empty header map that already holds every name of [`KNOWN_NAMES`], the message id and the
+/// type header, each with no value (a name without values writes nothing on the wire). Cloning
+/// it gives a map sized for an envelope's headers: async-nats's `HeaderMap` cannot be presized,
+/// and growing one from empty rehashes it (SipHash of every name again) twice per message.
+static MESSAGE_TEMPLATE: LazyLock<HeaderMap> = LazyLock::new(|| {
+    let names = KNOWN_NAMES
+        .iter()
+        .chain([&async_nats::header::NATS_MESSAGE_ID, &TYPE_NAME])
+        .map(AsRef::<str>::as_ref);
+    let empty: serde_json::Map<String, serde_json::Value> = names
+        .map(|n| (n.to_owned(), serde_json::Value::Array(Vec::new())))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(empty)).unwrap_or_default()
+});
+
+/// A header map for a published message (see [`MESSAGE_TEMPLATE`]).
+pub(crate) fn message_map() -> HeaderMap {
+    MESSAGE_TEMPLATE.clone()
+}
 
 static TYPE_NAME: HeaderName = HeaderName::from_static(TYPE_HEADER);
 static PROP_NAME: HeaderName = HeaderName::from_static(PROP_HEADER);
@@ -185,6 +207,40 @@ pub(crate) fn wire_len(headers: &HeaderMap) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The headers' names and values in a stable order (empty names write nothing).
+    fn lines(h: &HeaderMap) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = h
+            .iter()
+            .flat_map(|(n, vs)| {
+                vs.iter()
+                    .map(move |x| (AsRef::<str>::as_ref(n).to_owned(), x.as_str().to_owned()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_message_template_adds_nothing_to_the_wire() {
+        assert!(
+            message_map().len() >= KNOWN_NAMES.len() + 2,
+            "template parsed"
+        );
+        let mut props = Properties::new();
+        props.insert(names::EVENT_ID, "e-1");
+        props.insert(names::TENANT_ID, "acme");
+        props.insert("x-count", 3_i64);
+        props.insert("odd name", "v");
+        let (mut fresh, mut templated) = (HeaderMap::new(), message_map());
+        for h in [&mut fresh, &mut templated] {
+            encode(&props, h);
+            h.insert(async_nats::header::NATS_MESSAGE_ID, "e-1");
+        }
+        assert_eq!(lines(&fresh), lines(&templated));
+        assert_eq!(wire_len(&fresh), wire_len(&templated));
+        assert_eq!(decode(Some(&templated)), props);
+    }
 
     fn round_trip(props: &Properties) -> Properties {
         let mut headers = HeaderMap::new();

@@ -30,6 +30,7 @@
 //! | dead-letter sub-queue | stream `<prefix>_D_<topic>` (limits retention, trimmed), subject `<prefix>.d.<topic>.<subscription>`, durable consumer `<subscription>` (created with the subscription); copy with `cs-dead-letter-*` properties and the context header, then ack of the original |
 //! | scheduled delivery | schedule stream `<prefix>_S_<topic>` moved by a pump in receiving processes (see below) |
 //! | release on drop | a dropped unsettled delivery is NAKed at once |
+//! | receive | pull requests on the consumer; a looping caller keeps one *standing* request open (its `max`, at most 50 ms, see below) |
 //!
 //! Topic and subscription names become subject tokens and stream/consumer names by replacing
 //! `.` with `~` (one-to-one: names never contain `~`).
@@ -53,6 +54,17 @@
 //! due, with a delivery count starting at 1. NAKing early deliveries in each subscription instead
 //! would need no pump but would count the early delivery in `num_delivered`, which the receiver
 //! cannot reliably subtract across processes.
+//!
+//! # Receiving: standing requests
+//!
+//! A `receive` that follows the previous call's return within 10 ms (a consumer loop) leaves
+//! one pull request open at the server when it returns: for at most the call's `max` messages
+//! and at most 50 ms (its lease), so a message stored between calls is sent at once rather than
+//! at the next call's request (end-to-end latency). What it brings after its call returned is
+//! locked from its arrival, like every delivery, and goes to the receiver's next `receive`; if
+//! none comes for 100 ms after the last one returned, the receiver releases it (NAK without
+//! delay: available again at once, and counted by the server as a delivery), as it does on
+//! drop. A one-off call leaves no request open. See the `receive` module.
 //!
 //! # Locks and `LockLost`
 //!

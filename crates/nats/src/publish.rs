@@ -56,7 +56,7 @@ fn prepare(
                 max: shared.max_message_size,
             });
         }
-        let mut headers = HeaderMap::new();
+        let mut headers = headers::message_map();
         headers::encode(&message.properties, &mut headers);
         if let Some(id) = message_id(&message.properties) {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);

@@ -2,16 +2,39 @@
 //!
 //! Each receiver owns one inbox subscription (`<inbox>.*`); every pull request gets its own
 //! reply subject `<inbox>.<n>`, so the status that ends a request (408 timeout, 404 no
-//! messages, 409 consumer deleted) is matched to it. A `receive` call asks for up to `max`
-//! messages with one `no_wait` request that also carries an `expires` within the wait (at most
-//! 5 s per request): the server answers at once with what is pending, or waits for the first
-//! message and then sends what is pending, and ends the request right after (a 408) — one round
-//! trip whether or not anything is waiting. (Only when the server refuses such a request because
-//! other receivers' requests already cover the pending messages does the call fall back to
-//! long-polling for one message.) It never leaves a request open at the server when it returns
-//! normally, so messages are not locked to a receiver that is not asking for them; whatever
-//! still arrives later (from a cancelled call) is kept and returned by the next call, or
-//! released when the receiver is dropped.
+//! messages, 409 consumer deleted) is matched to it. At most one request is open at a time
+//! (except in the contended case below): a delivered message does not say which request it
+//! filled, so only then are the counts exact.
+//!
+//! A call that does not follow the previous one's return within [`LOOP_GAP`] asks for up to
+//! `max` messages with one `no_wait` request that also carries an `expires` within the wait (at
+//! most 5 s): the server answers at once with what is pending, or waits for the first message
+//! and then sends what is pending, and ends the request right after — one round trip whether or
+//! not anything is waiting. Such a call never leaves a request open when it returns normally.
+//! (Only when the server refuses such a request because other receivers' requests already cover
+//! the pending messages does the call fall back to long-polling for one message.)
+//!
+//! A *looping* caller's call (the runtime's consumer loop) instead leaves a **standing
+//! request** at the server: up to `max` messages, without `no_wait`, expiring after at most
+//! [`LEASE`]. The call returns as soon as it has something, and the request keeps bringing
+//! messages until its batch is filled or its lease ends, so a message stored while the caller
+//! is between calls is sent at once instead of waiting for the next call's request. The rule for
+//! what such a request brings after its call returned (the deliveries are locked from their
+//! arrival, as every delivery):
+//! - it is handed out by the next `receive`, with the lock deadline counted from its arrival;
+//! - if no `receive` comes for [`IDLE`] after the last one returned, the receiver's watchdog
+//!   releases it (NAK without delay: available again at once, and counted as a delivery by the
+//!   server), as it does what still arrives until the lease ends;
+//! - when the receiver is dropped it is released the same way.
+//!
+//! So nothing stays locked to a receiver that stops asking for longer than [`IDLE`] plus the
+//! lease, and a standing request never asks for more than its call's `max` (the runtime asks
+//! for its free handler slots), so a busy receiver holds nothing back from its competitors.
+//! A request whose expiry passed is forgotten [`EXPIRY_GRACE`] later even without its status
+//! (nats-server 2.9 sometimes drops an expired request silently), so a looping receiver is
+//! never left without a request for longer than that.
+//! Whatever arrives for a cancelled call is kept and returned by the next call, or released
+//! as above.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +49,7 @@ use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
 use eventyard_core::{DeadLetterInfo, Delivery, Message, Receiver, SubQueue, TransportError};
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, Notify, watch};
 use tokio::time::Instant;
 
 use crate::error::unavailable;
@@ -42,16 +65,40 @@ const MAX_LONG_POLL: Duration = Duration::from_secs(5);
 const MIN_LONG_POLL: Duration = Duration::from_millis(40);
 /// The server ends a long poll this much before the caller's deadline.
 const LONG_POLL_MARGIN: Duration = Duration::from_millis(15);
-/// How long past its expiry a request with no answer is still waited for.
+/// How long past its expiry a request with no answer is still waited for (a request without
+/// `expires`, which the server answers at once).
 const REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long past its expiry a request with `expires` is still waited for. nats-server 2.9 drops
+/// a request that expired without a status when a message comes before its expiry timer
+/// fires; waiting for a status that never comes would leave no request open meanwhile.
+const EXPIRY_GRACE: Duration = Duration::from_millis(2);
+/// Longest server-side wait of a standing request: how long at most it may still bring
+/// messages after the call that issued it returned.
+const LEASE: Duration = Duration::from_millis(50);
+/// A call that comes at most this long after the previous one returned is a looping caller's.
+const LOOP_GAP: Duration = Duration::from_millis(10);
+/// Buffered deliveries of a receiver without a `receive` for this long are released.
+const IDLE: Duration = Duration::from_millis(100);
 /// Settings are reloaded at least this often (change notices make it sooner).
 const META_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// What a pull request asks of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `no_wait`: ends right after what is pending (or, with `expires`, after the first burst).
+    NoWait,
+    /// Waits up to its `expires` for its whole batch (one message: the contended case).
+    LongPoll,
+    /// Waits up to its lease ([`LEASE`]) for its whole batch, also after the call returned.
+    Standing,
+}
 
 /// A pull request awaiting its end.
 struct Pull {
     token: u64,
     remaining: usize,
     no_wait: bool,
+    standing: bool,
     /// Local time after which it is presumed lost (server restart, vanished consumer).
     gone_at: Instant,
     answered: bool,
@@ -119,8 +166,8 @@ impl Outstanding {
     }
 }
 
-/// A receiver on one subscription's main queue or dead-letter sub-queue.
-pub(crate) struct NatsReceiver {
+/// A receiver's state: everything a `receive` call works on, shared with its watchdog.
+struct Inner {
     shared: Arc<Shared>,
     origin: Arc<Origin>,
     stream: String,
@@ -139,12 +186,65 @@ pub(crate) struct NatsReceiver {
     outstanding: Outstanding,
     next_token: u64,
     closed: watch::Receiver<bool>,
+    /// When the last `receive` call returned (or the receiver opened).
+    last_return: Instant,
     _pump: Option<Arc<Pump>>,
+}
+
+/// A receiver on one subscription's main queue or dead-letter sub-queue.
+pub(crate) struct NatsReceiver {
+    inner: Arc<Mutex<Inner>>,
+    /// Told at each return that leaves a standing request open or deliveries buffered.
+    wake: Arc<Notify>,
 }
 
 impl NatsReceiver {
     /// Opens a receiver; `UnknownSubscription` if the subscription was never declared.
     pub(crate) async fn open(
+        shared: &Arc<Shared>,
+        topic: &str,
+        subscription: &str,
+        queue: SubQueue,
+    ) -> Result<Self, TransportError> {
+        let inner = Arc::new(Mutex::new(
+            Inner::open(shared, topic, subscription, queue).await?,
+        ));
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(watchdog(Arc::downgrade(&inner), Arc::clone(&wake)));
+        Ok(NatsReceiver { inner, wake })
+    }
+}
+
+/// Releases what a receiver's standing request brought after its caller stopped asking: once
+/// no `receive` ran for [`IDLE`], buffered deliveries are NAKed (no delay), and so is whatever
+/// still arrives until the request's lease ended. Ends with the receiver.
+async fn watchdog(inner: Weak<Mutex<Inner>>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        loop {
+            tokio::time::sleep(IDLE).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            // A call is running: it tells again when it returns.
+            let Ok(mut state) = inner.try_lock() else {
+                break;
+            };
+            if state.last_return.elapsed() < IDLE {
+                continue;
+            }
+            if let Err(e) = state.release_idle().await {
+                tracing::debug!("nats: releasing an idle receiver's deliveries: {e}");
+            }
+            if state.pulls.is_empty() && state.ready.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn open(
         shared: &Arc<Shared>,
         topic: &str,
         subscription: &str,
@@ -163,7 +263,7 @@ impl NatsReceiver {
             .map_err(|e| unavailable(format!("subscribing to change notices: {e}")))?;
         // Scheduled messages of the topic are moved while someone receives from it.
         let pump = (queue == SubQueue::Main).then(|| shared.pump(topic));
-        Ok(NatsReceiver {
+        Ok(Inner {
             origin: Arc::new(Origin {
                 topic: topic.to_owned(),
                 subscription: subscription.to_owned(),
@@ -184,6 +284,7 @@ impl NatsReceiver {
             outstanding: Outstanding::default(),
             next_token: 0,
             closed: shared.closed_signal(),
+            last_return: Instant::now(),
             shared: Arc::clone(shared),
             _pump: pump,
         })
@@ -217,17 +318,17 @@ impl NatsReceiver {
         Ok(())
     }
 
-    /// Asks the server for up to `batch` messages. `no_wait`: the request ends as soon as what
-    /// is pending was sent — at once, or, with `expires`, once the first message came within
-    /// it. Otherwise it waits up to `expires` for the whole batch.
+    /// Asks the server for up to `batch` messages (see [`Kind`]). Without `expires`, a
+    /// `no_wait` request answered at once.
     async fn pull(
         &mut self,
         batch: usize,
-        no_wait: bool,
+        kind: Kind,
         expires: Option<Duration>,
     ) -> Result<(), TransportError> {
         self.next_token += 1;
         let token = self.next_token;
+        let no_wait = kind == Kind::NoWait;
         let body = match expires {
             Some(e) => {
                 json!({ "batch": batch, "no_wait": no_wait, "expires": crate::api::nanos(e) })
@@ -244,11 +345,16 @@ impl NatsReceiver {
             )
             .await
             .map_err(|e| unavailable(format!("pull request: {e}")))?;
+        let gone_at = match expires {
+            Some(e) => Instant::now() + e + EXPIRY_GRACE,
+            None => Instant::now() + REQUEST_GRACE,
+        };
         self.pulls.push_back(Pull {
             token,
             remaining: batch,
             no_wait: no_wait || expires.is_none(),
-            gone_at: Instant::now() + expires.unwrap_or_default() + REQUEST_GRACE,
+            standing: kind == Kind::Standing,
+            gone_at,
             answered: false,
         });
         Ok(())
@@ -274,14 +380,16 @@ impl NatsReceiver {
         }
     }
 
-    /// Drops requests presumed lost; if one never got any answer, checks that the consumer still
-    /// exists.
+    /// Drops requests past their expiry (their status may still come, or never: see
+    /// [`EXPIRY_GRACE`]); if one never got any answer, checks that the consumer still exists
+    /// (not for standing requests, renewed every [`LEASE`] on an idle subscription: a deleted
+    /// consumer ends them with a status, and the settings are reloaded every few seconds).
     async fn expire_pulls(&mut self) -> Result<(), TransportError> {
         let now = Instant::now();
         let mut silent = false;
         self.pulls.retain(|p| {
             let keep = p.gone_at > now;
-            silent |= !keep && !p.answered;
+            silent |= !keep && !p.answered && !p.standing;
             keep
         });
         if silent {
@@ -457,17 +565,15 @@ impl NatsReceiver {
     }
 }
 
-#[async_trait]
-impl Receiver for NatsReceiver {
+impl Inner {
+    /// One `receive` call (see the module doc).
     async fn receive(
         &mut self,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, TransportError> {
-        self.shared.check_open()?;
-        if max == 0 {
-            return Ok(Vec::new());
-        }
+        // A caller that comes back at once is looping: its requests may stand past its return.
+        let looping = self.last_return.elapsed() <= LOOP_GAP;
         self.refresh_meta().await?;
         let deadline = later(Instant::now(), wait);
         let mut polled = false;
@@ -491,7 +597,7 @@ impl Receiver for NatsReceiver {
                 break;
             }
             if !self.pulls.is_empty() {
-                // A long poll for one message (contended case) is open.
+                // A standing request (or, contended, a long poll for one message) is open.
                 let until = self
                     .pulls
                     .iter()
@@ -507,17 +613,48 @@ impl Receiver for NatsReceiver {
             match expires {
                 // Too little wait left for a server-side wait: poll once, then sleep it out.
                 None if polled => self.wait(deadline).await?,
-                None => self.pull(max, true, None).await?,
-                Some(e) if self.contended => self.pull(1, false, Some(e)).await?,
-                Some(e) => self.pull(max, true, Some(e)).await?,
+                None => self.pull(max, Kind::NoWait, None).await?,
+                Some(e) if self.contended => self.pull(1, Kind::LongPoll, Some(e)).await?,
+                Some(e) if looping => self.pull(max, Kind::Standing, Some(e.min(LEASE))).await?,
+                Some(e) => self.pull(max, Kind::NoWait, Some(e)).await?,
             }
             polled = true;
         }
         Ok(self.take(max))
     }
+
+    /// The watchdog's release of an idle receiver: handles what arrived, then releases every
+    /// buffered delivery (their settle handles NAK on drop).
+    async fn release_idle(&mut self) -> Result<(), TransportError> {
+        self.drain_arrived().await?;
+        self.expire_pulls().await?;
+        self.ready.clear();
+        Ok(())
+    }
 }
 
-impl Drop for NatsReceiver {
+#[async_trait]
+impl Receiver for NatsReceiver {
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        let mut inner = self.inner.lock().await;
+        inner.shared.check_open()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let result = inner.receive(max, wait).await;
+        inner.last_return = Instant::now();
+        if !inner.pulls.is_empty() || !inner.ready.is_empty() {
+            self.wake.notify_one();
+        }
+        result
+    }
+}
+
+impl Drop for Inner {
     fn drop(&mut self) {
         // Deliveries fetched but never handed out are released (their settle handles NAK on
         // drop); so is whatever already arrived.

@@ -162,6 +162,62 @@ async fn open_receiver_applies_a_changed_client_side_filter() {
     );
 }
 
+/// A looping receiver's standing request may bring a message after its last call returned;
+/// when that receiver stops asking, the message is released within about 100 ms (not held
+/// until its 30 s lock expires), so a competing receiver gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_asking_releases_what_its_standing_request_brought() {
+    let Some((t, _cleanup)) = transport().await else {
+        return;
+    };
+    let t = std::sync::Arc::new(t);
+    t.ensure_subscription(&SubscriptionSpec::new("standing", "s"))
+        .await
+        .expect("ensure");
+    let open = || t.receiver("standing", "s", SubQueue::Main);
+    let publish_one = |t: std::sync::Arc<NatsTransport>| async move {
+        t.publish("standing", vec![message("tenant-a", "OrderPlaced")])
+            .await
+            .expect("publish");
+    };
+    let mut looping = open().await.expect("rx");
+    publish_one(std::sync::Arc::clone(&t)).await;
+    let first = receive_exactly(&mut *looping, 1, Duration::from_secs(5)).await;
+    for d in first {
+        d.ack().await.expect("ack");
+    }
+    // The next call follows at once (a looping caller): it leaves a standing request.
+    let later = publish_one(std::sync::Arc::clone(&t));
+    let publisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        later.await;
+    });
+    let second = looping
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("rx");
+    assert_eq!(second.len(), 1);
+    for d in second {
+        d.ack().await.expect("ack");
+    }
+    publisher.await.expect("publisher");
+    // Within the standing request's lease: this one may go to the receiver that no longer asks.
+    publish_one(std::sync::Arc::clone(&t)).await;
+    let mut other = open().await.expect("rx");
+    let start = Instant::now();
+    let got = receive_exactly(&mut *other, 1, Duration::from_secs(5)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "released after {:?}",
+        start.elapsed()
+    );
+    assert!(got[0].delivery_count <= 2, "{}", got[0].delivery_count);
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    drop(looping);
+}
+
 /// Acknowledged messages are removed from the topic stream once every subscription is done with
 /// them; a subscription that has not consumed them keeps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
