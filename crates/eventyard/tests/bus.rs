@@ -780,3 +780,55 @@ async fn a_finished_handler_frees_its_slot_while_its_ack_is_confirmed_up_to_a_bo
     assert_eq!(handled.load(Ordering::SeqCst), 3);
     bus.shutdown().await.unwrap();
 }
+
+/// The consumer hands a handler the envelope it shares with the handler's context
+/// (`EnvelopeHandler::handle_shared`): the same allocation, not a copy. Typed handlers decode
+/// from it; handlers that need their own copy get one from the default method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_get_the_envelope_shared_with_their_context() {
+    type Handled =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send>>;
+    struct Shared {
+        shared: Arc<AtomicU32>,
+        copied: Arc<AtomicU32>,
+    }
+    impl eventyard::EnvelopeHandler for Shared {
+        fn handle(&self, _envelope: Envelope, _ctx: MessageContext) -> Handled {
+            self.copied.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn handle_shared(&self, envelope: &Arc<Envelope>, ctx: MessageContext) -> Handled {
+            let same = std::ptr::eq(&**envelope, ctx.envelope());
+            let shared = self.shared.clone();
+            Box::pin(async move {
+                if !same {
+                    return Err(HandlerError::validation("the context holds a copy"));
+                }
+                shared.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let (shared, copied) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    bus.subscription("shipping.orders")
+        .topic("OrderPlaced")
+        .handle_envelopes(Shared {
+            shared: shared.clone(),
+            copied: copied.clone(),
+        })
+        .await
+        .unwrap();
+    for n in 0..3 {
+        bus.publish(&tenant("connectsoft"), &OrderPlaced { n })
+            .await
+            .unwrap();
+    }
+    wait_until("three shared deliveries", || {
+        shared.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    assert_eq!(copied.load(Ordering::SeqCst), 0);
+    bus.shutdown().await.unwrap();
+}

@@ -469,9 +469,10 @@ async fn run_handler(
         spec.bus.clone(),
     );
     let handler = spec.handler.clone();
-    let env = (*envelope).clone();
     // The call itself may panic before returning a future; catch both.
-    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(env, ctx))) {
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        handler.handle_shared(&envelope, ctx)
+    })) {
         Ok(f) => f,
         Err(p) => return panicked(&*p),
     };

@@ -40,6 +40,18 @@ pub trait EnvelopeHandler: Send + Sync + 'static {
         envelope: Envelope,
         ctx: MessageContext,
     ) -> BoxFuture<'static, Result<(), HandlerError>>;
+
+    /// Handles one envelope that the consumer shares with the handler's context (what the
+    /// consumer calls). The default copies it for [`EnvelopeHandler::handle`]; a handler that
+    /// only reads it overrides this to skip the copy (typed handlers decode their event from
+    /// it directly).
+    fn handle_shared(
+        &self,
+        envelope: &Arc<Envelope>,
+        ctx: MessageContext,
+    ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        self.handle(Envelope::clone(envelope), ctx)
+    }
 }
 
 impl<F, Fut> EnvelopeHandler for F
@@ -63,10 +75,10 @@ pub(crate) struct Typed<E, H> {
     pub(crate) _marker: std::marker::PhantomData<fn(E)>,
 }
 
-impl<E: Event, H: Handler<E>> EnvelopeHandler for Typed<E, H> {
-    fn handle(
+impl<E: Event, H: Handler<E>> Typed<E, H> {
+    fn decode_and_handle(
         &self,
-        envelope: Envelope,
+        envelope: &Envelope,
         ctx: MessageContext,
     ) -> BoxFuture<'static, Result<(), HandlerError>> {
         match envelope.decode::<E>() {
@@ -80,6 +92,25 @@ impl<E: Event, H: Handler<E>> EnvelopeHandler for Typed<E, H> {
                 )
             }),
         }
+    }
+}
+
+impl<E: Event, H: Handler<E>> EnvelopeHandler for Typed<E, H> {
+    fn handle(
+        &self,
+        envelope: Envelope,
+        ctx: MessageContext,
+    ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        self.decode_and_handle(&envelope, ctx)
+    }
+
+    /// Decodes the event from the shared envelope: no copy of it.
+    fn handle_shared(
+        &self,
+        envelope: &Arc<Envelope>,
+        ctx: MessageContext,
+    ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        self.decode_and_handle(envelope, ctx)
     }
 }
 
