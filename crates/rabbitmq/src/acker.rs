@@ -114,6 +114,11 @@ impl Acker {
         lock(&self.state).outstanding.insert(tag);
     }
 
+    /// Records deliveries received on the channel.
+    pub(crate) fn track_all(&self, tags: impl Iterator<Item = u64>) {
+        lock(&self.state).outstanding.extend(tags);
+    }
+
     /// Queues the acknowledgement of `tag`.
     pub(crate) fn ack(&self, tag: u64) {
         lock(&self.state).pending.insert(tag);

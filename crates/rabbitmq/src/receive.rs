@@ -206,7 +206,7 @@ impl AmqpReceiver {
             (s.max_delivery_count, s.lock(), filter)
         };
         let now = headers::now_ms();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(raw.len()));
         let mut jobs: Vec<(u64, Outgoing)> = Vec::new();
         while out.len() < max {
             let Some(d) = raw.pop_front() else { break };
