@@ -80,6 +80,14 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
+/// Event or command, from the `messageKind` header of `headers`.
+fn kind_of(headers: &BTreeMap<String, String>) -> MessageKind {
+    match headers.get(KIND_HEADER).map(String::as_str) {
+        Some("command") => MessageKind::Command,
+        _ => MessageKind::Event,
+    }
+}
+
 /// The JSON kind of a value, for error messages (`object`, `array`, ...).
 pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
@@ -193,16 +201,19 @@ impl Envelope {
 
     /// Event or command, from the `messageKind` header.
     pub fn kind(&self) -> MessageKind {
-        match self.headers.get(KIND_HEADER).map(String::as_str) {
-            Some("command") => MessageKind::Command,
-            _ => MessageKind::Event,
-        }
+        kind_of(&self.headers)
     }
 
     /// Checks the invariants the types cannot: type-name rule for the kind, payload is an
     /// object, schemaVersion >= 1.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         EventType::parse(self.event_type.as_str(), self.kind())?;
+        self.validate_untyped()
+    }
+
+    /// [`Envelope::validate`] without the type-name rule (checked by whoever built the
+    /// [`EventType`] under this envelope's kind).
+    fn validate_untyped(&self) -> Result<(), EnvelopeError> {
         if !self.payload.is_object() {
             return Err(EnvelopeError::PayloadNotObject {
                 found: json_kind(&self.payload),
@@ -300,9 +311,11 @@ impl Envelope {
         let payload = raw
             .payload
             .ok_or(EnvelopeError::MissingField { field: "payload" })?;
-        let mut env = Envelope {
+        // The type name is checked once, under the kind the headers give.
+        let event_type = EventType::parse(event_type_text, kind_of(&raw.headers))?;
+        let env = Envelope {
             event_id,
-            event_type: EventType::event("PlaceholderValidated")?,
+            event_type,
             tenant_id,
             project_id,
             module_id,
@@ -314,8 +327,7 @@ impl Envelope {
             headers: raw.headers,
             payload,
         };
-        env.event_type = EventType::parse(event_type_text, env.kind())?;
-        env.validate()?;
+        env.validate_untyped()?;
         Ok(env)
     }
 

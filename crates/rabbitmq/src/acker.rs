@@ -114,6 +114,11 @@ impl Acker {
         lock(&self.state).outstanding.insert(tag);
     }
 
+    /// Records deliveries received on the channel.
+    pub(crate) fn track_all(&self, tags: impl Iterator<Item = u64>) {
+        lock(&self.state).outstanding.extend(tags);
+    }
+
     /// Queues the acknowledgement of `tag`.
     pub(crate) fn ack(&self, tag: u64) {
         lock(&self.state).pending.insert(tag);
@@ -133,8 +138,14 @@ impl Acker {
         self.wake.notify_one();
     }
 
-    /// The acknowledgements to send now: `(tag, multiple)`.
-    fn take(&self) -> (Vec<(u64, bool)>, bool) {
+    /// The acknowledgements to send now: `(tag, multiple)`; whether the transport shuts down;
+    /// the largest tag of the acks left pending.
+    ///
+    /// The acked prefix of the outstanding deliveries always goes, as one `multiple` ack. An ack
+    /// behind the first unacknowledged delivery goes on its own only if its tag is at most
+    /// `upto` (or at shutdown); otherwise it stays pending, as a handler finishing a moment
+    /// later usually joins it into the next prefix, instead of one frame each now.
+    fn take(&self, upto: u64) -> (Vec<(u64, bool)>, bool, Option<u64>) {
         let mut s = lock(&self.state);
         let mut ops = Vec::new();
         let mut prefix = 0usize;
@@ -155,11 +166,17 @@ impl Acker {
             }
             ops.push((last, prefix > 1));
         }
-        for tag in std::mem::take(&mut s.pending) {
+        let upto = if s.shutdown { u64::MAX } else { upto };
+        let later = match upto.checked_add(1) {
+            Some(first_kept) => s.pending.split_off(&first_kept),
+            None => BTreeSet::new(),
+        };
+        for tag in std::mem::replace(&mut s.pending, later) {
             s.outstanding.remove(&tag);
             ops.push((tag, false));
         }
-        (ops, s.shutdown)
+        let held = s.pending.last().copied();
+        (ops, s.shutdown, held)
     }
 }
 
@@ -170,19 +187,24 @@ async fn run(
     mut closed: watch::Receiver<bool>,
 ) {
     let mut transport_gone = false;
+    // The largest tag of the acks the last round left pending behind an unacknowledged
+    // delivery: this round sends them whatever happens (0: none; tags start at 1).
+    let mut held = 0u64;
     loop {
         // Under load, let acknowledgements gather for a moment: one `multiple` ack instead of
         // one frame (and one I/O-loop hand-off) per message. The delay holds prefetch credit of
-        // the receiver's standing consumer for 1 ms at most, against a prefetch of a whole
-        // batch.
+        // the receiver's standing consumer for 1 ms at most (2 ms for an ack held back behind
+        // a delivery still being handled), against a prefetch of a whole batch.
         let gathering = {
             let s = lock(&acker.state);
-            !s.pending.is_empty() && s.pending.len() < GATHER && !s.shutdown
+            !s.pending.is_empty() && (held > 0 || s.pending.len() < GATHER) && !s.shutdown
         };
         if gathering && !*closed.borrow() {
             tokio::time::sleep(GATHER_FOR).await;
         }
-        let (ops, shutdown) = acker.take();
+        let closing = *closed.borrow();
+        let (ops, shutdown, left) = acker.take(if closing { u64::MAX } else { held });
+        held = left.unwrap_or(0);
         for (tag, multiple) in &ops {
             let options = BasicAckOptions {
                 multiple: *multiple,
@@ -191,7 +213,7 @@ async fn run(
                 tracing::debug!(error = %e, tag, "ack not sent (the broker will redeliver)");
             }
         }
-        if !ops.is_empty() {
+        if !ops.is_empty() || held > 0 {
             continue;
         }
         if shutdown || transport_gone || *closed.borrow() || !channel.status().connected() {
@@ -230,10 +252,41 @@ mod tests {
         a.ack(2);
         a.ack(3);
         a.ack(5);
-        assert_eq!(a.take().0, vec![(3, true), (5, false)]);
+        assert_eq!(a.take(u64::MAX).0, vec![(3, true), (5, false)]);
         a.ack(4);
-        assert_eq!(a.take().0, vec![(4, false)]);
-        assert!(a.take().0.is_empty());
+        assert_eq!(a.take(u64::MAX).0, vec![(4, false)]);
+        assert!(a.take(u64::MAX).0.is_empty());
+    }
+
+    #[test]
+    fn acks_behind_a_gap_wait_one_round_then_go() {
+        let a = acker();
+        for t in 1..=6 {
+            a.track(t);
+        }
+        a.ack(1);
+        a.ack(2);
+        a.ack(4);
+        a.ack(5);
+        // The prefix goes now; 4 and 5 wait behind 3.
+        let (ops, _, held) = a.take(0);
+        assert_eq!((ops, held), (vec![(2, true)], Some(5)));
+        // 3 is done meanwhile: 3..=5 become one multiple ack.
+        a.ack(3);
+        a.ack(6);
+        let (ops, _, held) = a.take(5);
+        assert_eq!((ops, held), (vec![(6, true)], None));
+        // Still behind a gap when their round comes: they go one by one, newer ones wait.
+        for t in 7..=10 {
+            a.track(t);
+        }
+        a.ack(8);
+        assert_eq!(a.take(0).2, Some(8));
+        a.ack(9);
+        let (ops, _, held) = a.take(8);
+        assert_eq!((ops, held), (vec![(8, false)], Some(9)));
+        a.shutdown();
+        assert_eq!(a.take(0).0, vec![(9, false)]);
     }
 
     #[test]
@@ -243,14 +296,14 @@ mod tests {
             a.track(t);
         }
         a.ack(10);
-        assert_eq!(a.take().0, vec![(10, false)]);
+        assert_eq!(a.take(u64::MAX).0, vec![(10, false)]);
         a.ack(12);
-        assert_eq!(a.take().0, vec![(12, false)]);
+        assert_eq!(a.take(u64::MAX).0, vec![(12, false)]);
         a.forget(11);
         a.track(13);
         a.track(14);
         a.ack(13);
         a.ack(14);
-        assert_eq!(a.take().0, vec![(14, true)]);
+        assert_eq!(a.take(u64::MAX).0, vec![(14, true)]);
     }
 }

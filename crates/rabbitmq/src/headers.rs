@@ -65,11 +65,19 @@ pub(crate) fn from_amqp(value: &AMQPValue) -> Option<PropertyValue> {
     })
 }
 
+/// An AMQP integer of any width (what [`from_amqp`] turns into an `Int`), without converting
+/// anything else.
 fn int_of(value: &AMQPValue) -> Option<i64> {
-    match from_amqp(value)? {
-        PropertyValue::Int(i) => Some(i),
-        _ => None,
-    }
+    Some(match value {
+        AMQPValue::ShortShortInt(i) => i64::from(*i),
+        AMQPValue::ShortShortUInt(i) => i64::from(*i),
+        AMQPValue::ShortInt(i) => i64::from(*i),
+        AMQPValue::ShortUInt(i) => i64::from(*i),
+        AMQPValue::LongInt(i) => i64::from(*i),
+        AMQPValue::LongUInt(i) => i64::from(*i),
+        AMQPValue::LongLongInt(i) => *i,
+        _ => return None,
+    })
 }
 
 /// The transport's bookkeeping carried beside the properties.
@@ -161,51 +169,62 @@ pub(crate) fn encode(props: &Properties, meta: &Meta) -> Result<FieldTable, Tran
 
 /// Decodes headers (absent: none) into properties and bookkeeping. Never fails: whatever is not
 /// understood is left out.
+///
+/// One pass over the table (it runs for every delivery): the transport's own headers are
+/// recognised as they come, and the [`XPROPS`] list is looked up only when a header starting
+/// with `x-` could be a property. The table iterates in name order, which is the properties'
+/// order too, so they are collected in one go rather than inserted one by one.
 pub(crate) fn decode(headers: Option<&FieldTable>) -> (Properties, Meta) {
-    let mut props = Properties::new();
     let mut meta = Meta::default();
     let Some(table) = headers else {
-        return (props, meta);
+        return (Properties::new(), meta);
     };
     let inner = table.inner();
-    let listed: Vec<&[u8]> = match inner.get(XPROPS) {
-        Some(AMQPValue::FieldArray(a)) => a
-            .as_slice()
-            .iter()
-            .filter_map(|v| match v {
-                AMQPValue::LongString(s) => Some(s.as_bytes()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    // The names listed in XPROPS, looked up on the first `x-` header that needs them.
+    let mut listed: Option<&[AMQPValue]> = None;
+    let mut props: Vec<(&str, PropertyValue)> = Vec::with_capacity(inner.len());
     for (name, value) in inner {
         let name = name.as_str();
-        if name == DELAY
-            || name.starts_with("x-eventyard-")
-            || (name.starts_with("x-") && !listed.contains(&name.as_bytes()))
-        {
+        if name.starts_with("x-") {
+            if name.starts_with("x-eventyard-") {
+                match name {
+                    DELIVERIES => {
+                        meta.deliveries = int_of(value)
+                            .map_or(0, |d| u32::try_from(d.max(0)).unwrap_or(u32::MAX));
+                    }
+                    ENQUEUED_AT => meta.enqueued_at_ms = int_of(value),
+                    NOT_BEFORE => meta.not_before_ms = int_of(value),
+                    DEAD_LETTER_CONTEXT => {
+                        meta.dead_letter_context = match value {
+                            AMQPValue::LongString(s) => {
+                                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                            }
+                            _ => None,
+                        };
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let list = *listed.get_or_insert_with(|| match inner.get(XPROPS) {
+                Some(AMQPValue::FieldArray(a)) => a.as_slice(),
+                _ => &[],
+            });
+            let is_listed = list
+                .iter()
+                .any(|v| matches!(v, AMQPValue::LongString(s) if s.as_bytes() == name.as_bytes()));
+            if !is_listed {
+                continue;
+            }
+        } else if name == DELAY {
+            meta.delay_ms = int_of(value).and_then(|d| u64::try_from(d).ok());
             continue;
         }
         if let Some(v) = from_amqp(value) {
-            props.insert(name, v);
+            props.push((name, v));
         }
     }
-    meta.deliveries = inner
-        .get(DELIVERIES)
-        .and_then(int_of)
-        .map_or(0, |d| u32::try_from(d.max(0)).unwrap_or(u32::MAX));
-    meta.enqueued_at_ms = inner.get(ENQUEUED_AT).and_then(int_of);
-    meta.not_before_ms = inner.get(NOT_BEFORE).and_then(int_of);
-    meta.dead_letter_context = match inner.get(DEAD_LETTER_CONTEXT) {
-        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        _ => None,
-    };
-    meta.delay_ms = inner
-        .get(DELAY)
-        .and_then(int_of)
-        .and_then(|d| u64::try_from(d).ok());
-    (props, meta)
+    (props.into_iter().collect(), meta)
 }
 
 /// Milliseconds since the epoch.

@@ -198,13 +198,15 @@ impl AmqpReceiver {
         max: usize,
     ) -> Vec<Delivery> {
         let ctx = &self.ctx;
-        let settings = ctx
-            .settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // What this batch needs of the settings (not a clone of them all: they hold the
+        // bindings' tables); the filter only when receivers apply it.
+        let (max_delivery_count, lock_for, filter) = {
+            let s = ctx.settings.read().unwrap_or_else(|e| e.into_inner());
+            let filter = (!ctx.dead_letter && s.client_side).then(|| s.filter.clone());
+            (s.max_delivery_count, s.lock(), filter)
+        };
         let now = headers::now_ms();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(raw.len()));
         let mut jobs: Vec<(u64, Outgoing)> = Vec::new();
         while out.len() < max {
             let Some(d) = raw.pop_front() else { break };
@@ -220,13 +222,13 @@ impl AmqpReceiver {
                 Some(held.redelay(ctx, nb))
             } else if d.redelivered {
                 Some(held.retry(ctx, count, None))
-            } else if !ctx.dead_letter && count > settings.max_delivery_count {
+            } else if !ctx.dead_letter && count > max_delivery_count {
                 let info = DeadLetterInfo::new(
                     MAX_DELIVERY_EXCEEDED,
                     format!(
                         "delivered {} times without being completed (max_delivery_count = {})",
                         count - 1,
-                        settings.max_delivery_count
+                        max_delivery_count
                     ),
                 );
                 Some(held.dead_letter(ctx, &info))
@@ -243,7 +245,7 @@ impl AmqpReceiver {
                 }
                 None => {}
             }
-            if !ctx.dead_letter && settings.client_side && !settings.filter.matches(&props) {
+            if filter.as_ref().is_some_and(|f| !f.matches(&props)) {
                 rx.acker.ack(tag); // not for this subscription
                 continue;
             }
@@ -258,7 +260,7 @@ impl AmqpReceiver {
             out.push((message, count, enqueued_at, sequence, inflight));
         }
         // The locks start now, at hand-out, all in one entry of the receiver's lock timer.
-        let deadline = later(Instant::now(), settings.lock());
+        let deadline = later(Instant::now(), lock_for);
         let slots = self
             .locks
             .lock_all(deadline, out.iter().map(|o| o.4.clone()).collect());

@@ -350,7 +350,12 @@ impl Settle for AmqpSettle {
             Settlement::DeadLetter(info) => f.held.dead_letter(&f.ctx, info).map(Some),
         };
         let result = match copy {
-            Ok(Some(copy)) => publish::send(&f.ctx.manager, &[copy]).await,
+            // Boxed on its own: the publish is a large future, and most settlements (acks)
+            // never reach it, so it should not size (and make costly to allocate) every one.
+            Ok(Some(copy)) => {
+                let manager = f.ctx.manager.clone();
+                Box::pin(async move { publish::send(&manager, &[copy]).await }).await
+            }
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };

@@ -95,22 +95,34 @@ impl Standing {
     /// Moves deliveries the consumer already has into the buffer, without waiting, until the
     /// buffer holds `max`.
     pub(crate) fn take_ready(&mut self, max: usize) -> Result<(), lapin::Error> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        // Tracked all at once (one lock of the acker), before any of them is handed out.
+        let first = self.raw.len();
+        let mut result = Ok(());
         while self.raw.len() < max {
-            let Some(live) = self.live.as_mut() else {
-                break;
-            };
             match live.consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => {
-                    live.rx.acker.track(d.delivery_tag);
-                    self.raw.push_back(d);
+                Some(Some(Ok(d))) => self.raw.push_back(d),
+                Some(Some(Err(e))) => {
+                    result = Err(e);
+                    break;
                 }
-                Some(Some(Err(e))) => return Err(e),
                 // Cancelled by the broker (queue deleted): the next consume reports it.
-                Some(None) => self.live = None,
+                Some(None) => {
+                    live.rx
+                        .acker
+                        .track_all(self.raw.range(first..).map(|d| d.delivery_tag));
+                    self.live = None;
+                    return Ok(());
+                }
                 None => break,
             }
         }
-        Ok(())
+        live.rx
+            .acker
+            .track_all(self.raw.range(first..).map(|d| d.delivery_tag));
+        result
     }
 
     /// Cancels the consumer and moves its remaining deliveries into the buffer.
