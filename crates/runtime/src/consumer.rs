@@ -131,6 +131,8 @@ pub(crate) async fn run(
     let settling = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
+    // Whether the last receive returned more than one message.
+    let mut batched = false;
     let workers = tokio::runtime::Handle::current()
         .metrics()
         .num_workers()
@@ -154,9 +156,13 @@ pub(crate) async fn run(
         let max = if permit == Permit::Trial {
             1
         } else {
-            // Handlers settled by the same commit free their slots together: let them all run
-            // before counting, so one claim takes them all instead of one claim per freed slot.
-            tokio::task::yield_now().await;
+            // While messages come in batches, handlers settled by the same commit free their
+            // slots together: let them all run before counting, so one claim takes them all
+            // instead of one claim per freed slot. While they come one at a time, a yield would
+            // only delay the next receive behind every other ready task (latency).
+            if batched {
+                tokio::task::yield_now().await;
+            }
             permits.available_permits() + 1
         };
         let batch = tokio::select! {
@@ -185,6 +191,7 @@ pub(crate) async fn run(
                 }
             }
         };
+        batched = batch.len() > 1;
         let mut first = Some(first);
         let mut ready = Vec::with_capacity(batch.len());
         for delivery in batch {
