@@ -10,7 +10,7 @@ use crate::error::EnvelopeError;
 use crate::event::Event;
 use crate::event_type::{EventType, MessageKind};
 use crate::ids::{CorrelationId, EventId, ModuleId, ProjectId, TenantId, TraceId};
-use crate::properties::{Properties, names};
+use crate::properties::{Properties, PropertyValue, names};
 
 /// Header naming the message kind (`event` / `command`); absent means `event`.
 pub const KIND_HEADER: &str = "messageKind";
@@ -412,29 +412,39 @@ impl Envelope {
 
     /// The broker application properties of this envelope (`cs-*`, headers as `cs-h-<name>`).
     pub fn properties(&self) -> Properties {
-        let mut p = Properties::new();
-        p.insert(names::EVENT_ID, self.event_id.as_str());
-        p.insert(names::EVENT_TYPE, self.event_type.as_str());
-        p.insert(names::TENANT_ID, self.tenant_id.as_str());
-        p.insert(names::SCHEMA_VERSION, self.schema_version);
-        p.insert(names::TRACE_ID, self.trace_id.as_str());
-        p.insert(names::CORRELATION_ID, self.correlation_id.as_str());
+        use std::borrow::Cow::Borrowed;
+        let s = |v: &str| PropertyValue::String(v.to_owned());
+        // Pushed in name order, so that building the map is one pass over a sorted list
+        // instead of a search per insert.
+        let mut p = Vec::with_capacity(10 + self.headers.len());
         if let Some(c) = &self.causation_id {
-            p.insert(names::CAUSATION_ID, c.as_str());
+            p.push((Borrowed(names::CAUSATION_ID), s(c.as_str())));
         }
-        if let Some(v) = &self.project_id {
-            p.insert(names::PROJECT_ID, v.as_str());
-        }
-        if let Some(v) = &self.module_id {
-            p.insert(names::MODULE_ID, v.as_str());
-        }
-        p.insert(names::MESSAGE_KIND, self.kind().as_str());
+        p.push((
+            Borrowed(names::CORRELATION_ID),
+            s(self.correlation_id.as_str()),
+        ));
+        p.push((Borrowed(names::EVENT_ID), s(self.event_id.as_str())));
+        p.push((Borrowed(names::EVENT_TYPE), s(self.event_type.as_str())));
         for (k, v) in &self.headers {
             if k != KIND_HEADER {
-                p.insert(format!("{}{k}", names::HEADER_PREFIX), v.as_str());
+                p.push((format!("{}{k}", names::HEADER_PREFIX).into(), s(v)));
             }
         }
-        p
+        p.push((Borrowed(names::MESSAGE_KIND), s(self.kind().as_str())));
+        if let Some(v) = &self.module_id {
+            p.push((Borrowed(names::MODULE_ID), s(v.as_str())));
+        }
+        if let Some(v) = &self.project_id {
+            p.push((Borrowed(names::PROJECT_ID), s(v.as_str())));
+        }
+        p.push((
+            Borrowed(names::SCHEMA_VERSION),
+            PropertyValue::from(self.schema_version),
+        ));
+        p.push((Borrowed(names::TENANT_ID), s(self.tenant_id.as_str())));
+        p.push((Borrowed(names::TRACE_ID), s(self.trace_id.as_str())));
+        Properties::from_entries(p)
     }
 }
 

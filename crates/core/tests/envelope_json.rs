@@ -153,3 +153,41 @@ proptest! {
         prop_assert!(Envelope::from_json(&ours).is_ok());
     }
 }
+
+#[test]
+fn properties_carry_every_field_and_header() {
+    use eventyard_core::Properties;
+    use eventyard_core::properties::names;
+    let cause = base(json!({}));
+    let mut env = base(json!({}))
+        .with_project(ProjectId::parse("proj-p").unwrap())
+        .with_module(ModuleId::parse("module-m").unwrap())
+        .with_header("a", "1")
+        .with_header("zz", "2")
+        .with_header("messageKind", "event");
+    env.inherit_from(&cause);
+    let mut expected = Properties::new();
+    expected.insert(names::EVENT_ID, env.event_id.as_str());
+    expected.insert(names::EVENT_TYPE, env.event_type.as_str());
+    expected.insert(names::TENANT_ID, env.tenant_id.as_str());
+    expected.insert(names::SCHEMA_VERSION, env.schema_version);
+    expected.insert(names::TRACE_ID, env.trace_id.as_str());
+    expected.insert(names::CORRELATION_ID, env.correlation_id.as_str());
+    expected.insert(names::CAUSATION_ID, cause.event_id.as_str());
+    expected.insert(names::PROJECT_ID, "proj-p");
+    expected.insert(names::MODULE_ID, "module-m");
+    expected.insert(names::MESSAGE_KIND, "event");
+    expected.insert("cs-h-a", "1");
+    expected.insert("cs-h-zz", "2");
+    assert_eq!(env.properties(), expected);
+    let props = env.properties();
+    let names: Vec<&str> = props.iter().map(|(n, _)| n).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+    let root = base(json!({}));
+    let p = root.properties();
+    assert_eq!(p.len(), 7);
+    assert_eq!(p.get(names::CAUSATION_ID), None);
+    assert_eq!(p.get_str(names::MESSAGE_KIND), Some("event"));
+}
