@@ -63,6 +63,39 @@ impl LastSubject {
     }
 }
 
+/// A message of the batch and its headers (without the message id), from which the headers of
+/// the next messages are made when they differ only in a few string values (see
+/// [`headers::reencode`]).
+#[derive(Default)]
+struct BaseHeaders {
+    base: Option<(Properties, HeaderMap)>,
+    /// Bases made so far; a batch whose messages keep differing (mixed tenants, say) stops
+    /// paying for the copies a base takes.
+    made: u8,
+}
+
+/// At most this many bases per batch.
+const MAX_BASES: u8 = 4;
+
+impl BaseHeaders {
+    /// The headers carrying `props`; a message that cannot be made from the base becomes it
+    /// when `more` messages follow.
+    fn headers(&mut self, props: &Properties, more: bool) -> HeaderMap {
+        if let Some((base, base_headers)) = &self.base
+            && let Some(headers) = headers::reencode(base, base_headers, props)
+        {
+            return headers;
+        }
+        let mut headers = headers::message_map();
+        headers::encode(props, &mut headers);
+        if more && self.made < MAX_BASES {
+            self.made += 1;
+            self.base = Some((props.clone(), headers.clone()));
+        }
+        headers
+    }
+}
+
 /// Checks sizes and builds every message of the batch before anything is sent, so that a batch
 /// with an oversized message publishes nothing.
 fn prepare(
@@ -73,6 +106,7 @@ fn prepare(
     let now_us = Utc::now().timestamp_micros();
     let mut prepared = Vec::with_capacity(messages.len());
     let mut subjects = LastSubject::default();
+    let mut base = BaseHeaders::default();
     let count = messages.len();
     for (i, outgoing) in messages.into_iter().enumerate() {
         let OutgoingMessage {
@@ -87,8 +121,7 @@ fn prepare(
         }
         let more = i + 1 < count;
         let mut subject = subjects.subject(shared, topic, &message.properties, more);
-        let mut headers = headers::message_map();
-        headers::encode(&message.properties, &mut headers);
+        let mut headers = base.headers(&message.properties, more);
         if let Some(id) = message_id(&message.properties) {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         }
