@@ -10,7 +10,7 @@ use crate::error::EnvelopeError;
 use crate::event::Event;
 use crate::event_type::{EventType, MessageKind};
 use crate::ids::{CorrelationId, EventId, ModuleId, ProjectId, TenantId, TraceId};
-use crate::properties::{Properties, names};
+use crate::properties::{Properties, PropertyValue, names};
 
 /// Header naming the message kind (`event` / `command`); absent means `event`.
 pub const KIND_HEADER: &str = "messageKind";
@@ -226,9 +226,86 @@ impl Envelope {
     }
 
     /// Serializes to canonical JSON bytes (validate first if the envelope was hand-built).
+    ///
+    /// The bytes are those of the derived `Serialize` (`serde_json::to_vec`), written directly
+    /// into a buffer sized for them: field names as literals, identifiers copied unless they
+    /// need escaping, the time formatted without an intermediate `String`.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing this struct cannot fail: every field is a string, number or JSON value.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(self.json_len_hint());
+        out.extend_from_slice(b"{\"eventId\":");
+        json_str(&mut out, self.event_id.as_str());
+        out.extend_from_slice(b",\"eventType\":");
+        json_str(&mut out, self.event_type.as_str());
+        out.extend_from_slice(b",\"tenantId\":");
+        json_str(&mut out, self.tenant_id.as_str());
+        if let Some(v) = &self.project_id {
+            out.extend_from_slice(b",\"projectId\":");
+            json_str(&mut out, v.as_str());
+        }
+        if let Some(v) = &self.module_id {
+            out.extend_from_slice(b",\"moduleId\":");
+            json_str(&mut out, v.as_str());
+        }
+        out.extend_from_slice(b",\"traceId\":");
+        json_str(&mut out, self.trace_id.as_str());
+        out.extend_from_slice(b",\"correlationId\":");
+        json_str(&mut out, self.correlation_id.as_str());
+        out.extend_from_slice(b",\"causationId\":");
+        match &self.causation_id {
+            Some(c) => json_str(&mut out, c.as_str()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"occurredAt\":\"");
+        write_time(&mut out, &self.occurred_at);
+        out.extend_from_slice(b"\",\"schemaVersion\":");
+        out.extend_from_slice(itoa_u32(self.schema_version, &mut [0; 10]));
+        if !self.headers.is_empty() {
+            out.extend_from_slice(b",\"headers\":{");
+            for (i, (k, v)) in self.headers.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_str(&mut out, k);
+                out.push(b':');
+                json_str(&mut out, v);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b",\"payload\":");
+        json_value(&mut out, &self.payload);
+        out.push(b'}');
+        out
+    }
+
+    /// A close upper estimate of [`Envelope::to_json`]'s length, so that its buffer is
+    /// allocated once.
+    fn json_len_hint(&self) -> usize {
+        // Field names, quotes and separators of every field, and the longest time text.
+        const FIXED: usize = 230;
+        let ids = [
+            self.event_id.as_str(),
+            self.event_type.as_str(),
+            self.tenant_id.as_str(),
+            self.trace_id.as_str(),
+            self.correlation_id.as_str(),
+        ]
+        .iter()
+        .map(|s| s.len())
+        .sum::<usize>();
+        let optional = [
+            self.project_id.as_ref().map(|v| v.as_str().len() + 16),
+            self.module_id.as_ref().map(|v| v.as_str().len() + 15),
+            self.causation_id.as_ref().map(|v| v.as_str().len()),
+        ]
+        .iter()
+        .flatten()
+        .sum::<usize>();
+        let headers = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>();
+        FIXED + ids + optional + headers + json_len_estimate(&self.payload)
     }
 
     /// Parses and validates an envelope; the error names the first field at fault.
@@ -347,29 +424,165 @@ impl Envelope {
 
     /// The broker application properties of this envelope (`cs-*`, headers as `cs-h-<name>`).
     pub fn properties(&self) -> Properties {
-        let mut p = Properties::new();
-        p.insert(names::EVENT_ID, self.event_id.as_str());
-        p.insert(names::EVENT_TYPE, self.event_type.as_str());
-        p.insert(names::TENANT_ID, self.tenant_id.as_str());
-        p.insert(names::SCHEMA_VERSION, self.schema_version);
-        p.insert(names::TRACE_ID, self.trace_id.as_str());
-        p.insert(names::CORRELATION_ID, self.correlation_id.as_str());
+        use std::borrow::Cow::Borrowed;
+        let s = |v: &str| PropertyValue::String(v.to_owned());
+        // Pushed in name order, so that building the map is one pass over a sorted list
+        // instead of a search per insert.
+        let mut p = Vec::with_capacity(10 + self.headers.len());
         if let Some(c) = &self.causation_id {
-            p.insert(names::CAUSATION_ID, c.as_str());
+            p.push((Borrowed(names::CAUSATION_ID), s(c.as_str())));
         }
-        if let Some(v) = &self.project_id {
-            p.insert(names::PROJECT_ID, v.as_str());
-        }
-        if let Some(v) = &self.module_id {
-            p.insert(names::MODULE_ID, v.as_str());
-        }
-        p.insert(names::MESSAGE_KIND, self.kind().as_str());
+        p.push((
+            Borrowed(names::CORRELATION_ID),
+            s(self.correlation_id.as_str()),
+        ));
+        p.push((Borrowed(names::EVENT_ID), s(self.event_id.as_str())));
+        p.push((Borrowed(names::EVENT_TYPE), s(self.event_type.as_str())));
         for (k, v) in &self.headers {
             if k != KIND_HEADER {
-                p.insert(format!("{}{k}", names::HEADER_PREFIX), v.as_str());
+                p.push((format!("{}{k}", names::HEADER_PREFIX).into(), s(v)));
             }
         }
-        p
+        p.push((Borrowed(names::MESSAGE_KIND), s(self.kind().as_str())));
+        if let Some(v) = &self.module_id {
+            p.push((Borrowed(names::MODULE_ID), s(v.as_str())));
+        }
+        if let Some(v) = &self.project_id {
+            p.push((Borrowed(names::PROJECT_ID), s(v.as_str())));
+        }
+        p.push((
+            Borrowed(names::SCHEMA_VERSION),
+            PropertyValue::from(self.schema_version),
+        ));
+        p.push((Borrowed(names::TENANT_ID), s(self.tenant_id.as_str())));
+        p.push((Borrowed(names::TRACE_ID), s(self.trace_id.as_str())));
+        Properties::from_entries(p)
+    }
+}
+
+/// Appends `s` as a JSON string, exactly as `serde_json` writes it: copied as is when nothing
+/// in it needs escaping (the usual case for identifiers), else through `serde_json`.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Not short-circuiting: the whole scan compiles to vector compares.
+    let escapes = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !escapes {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, s);
+    }
+}
+
+/// Appends `v` as `serde_json` writes it (compact), its strings through [`json_str`].
+fn json_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::String(s) => json_str(out, s),
+        Value::Object(m) => {
+            out.push(b'{');
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_str(out, k);
+                out.push(b':');
+                json_value(out, v);
+            }
+            out.push(b'}');
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_value(out, v);
+            }
+            out.push(b']');
+        }
+        // Writing a scalar into a Vec cannot fail.
+        Value::Null | Value::Bool(_) | Value::Number(_) => {
+            let _ = serde_json::to_writer(out, v);
+        }
+    }
+}
+
+/// The decimal digits of `v`, written at the end of `buf`.
+fn itoa_u32(mut v: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Appends `t` as `to_rfc3339_opts(SecondsFormat::AutoSi, true)` writes it, without the
+/// intermediate `String` (years outside 0..=9999 and leap seconds go through chrono).
+fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    let nanos = t.nanosecond();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes());
+        return;
+    }
+    let two = |out: &mut Vec<u8>, v: u32| {
+        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8])
+    };
+    let y = year as u32;
+    two(out, y / 100);
+    two(out, y % 100);
+    out.push(b'-');
+    two(out, t.month());
+    out.push(b'-');
+    two(out, t.day());
+    out.push(b'T');
+    two(out, t.hour());
+    out.push(b':');
+    two(out, t.minute());
+    out.push(b':');
+    two(out, t.second());
+    if nanos != 0 {
+        let (value, digits) = if nanos.is_multiple_of(1_000_000) {
+            (nanos / 1_000_000, 3)
+        } else if nanos.is_multiple_of(1_000) {
+            (nanos / 1_000, 6)
+        } else {
+            (nanos, 9)
+        };
+        out.push(b'.');
+        let mut buf = [b'0'; 9];
+        let mut v = value;
+        for d in buf[..digits].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..digits]);
+    }
+    out.push(b'Z');
+}
+
+/// A rough upper estimate of a JSON value's serialized length (escapes aside), for presizing.
+fn json_len_estimate(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.iter().map(|v| json_len_estimate(v) + 1).sum::<usize>(),
+        Value::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_len_estimate(v))
+                .sum::<usize>()
+        }
     }
 }
 

@@ -252,6 +252,12 @@ impl Properties {
         self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
+    /// Builds the map from entries whose names are already what [`key`] gives (reserved names
+    /// borrowed). In any order; fastest in name order. A repeated name keeps its last value.
+    pub(crate) fn from_entries(entries: Vec<(Cow<'static, str>, PropertyValue)>) -> Self {
+        Properties(entries.into_iter().collect())
+    }
+
     /// Number of properties.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use eventyard_core::properties::names;
 use eventyard_core::transport::check_name;
-use eventyard_core::{OutgoingMessage, Properties, TransportError};
+use eventyard_core::{OutgoingMessage, Properties, PropertyValue, TransportError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
@@ -36,6 +36,66 @@ pub(crate) fn message_id(props: &Properties) -> Option<String> {
     })
 }
 
+/// The subject of the previous message of a batch, reused while tenant and event type repeat
+/// (a batch has one topic, and usually one tenant and event type).
+#[derive(Default)]
+struct LastSubject {
+    last: Option<(Option<PropertyValue>, Option<PropertyValue>, String)>,
+}
+
+impl LastSubject {
+    /// The subject of a message of `topic` with `props`; kept for the next when `more`
+    /// messages follow.
+    fn subject(&mut self, shared: &Shared, topic: &str, props: &Properties, more: bool) -> String {
+        let tenant = props.get(names::TENANT_ID);
+        let event_type = props.get(names::EVENT_TYPE);
+        if let Some((t, e, subject)) = &self.last
+            && t.as_ref() == tenant
+            && e.as_ref() == event_type
+        {
+            return subject.clone();
+        }
+        let subject = shared.names.message_subject(topic, props);
+        if more {
+            self.last = Some((tenant.cloned(), event_type.cloned(), subject.clone()));
+        }
+        subject
+    }
+}
+
+/// A message of the batch and its headers (without the message id), from which the headers of
+/// the next messages are made when they differ only in a few string values (see
+/// [`headers::reencode`]).
+#[derive(Default)]
+struct BaseHeaders {
+    base: Option<(Properties, HeaderMap)>,
+    /// Bases made so far; a batch whose messages keep differing (mixed tenants, say) stops
+    /// paying for the copies a base takes.
+    made: u8,
+}
+
+/// At most this many bases per batch.
+const MAX_BASES: u8 = 4;
+
+impl BaseHeaders {
+    /// The headers carrying `props`; a message that cannot be made from the base becomes it
+    /// when `more` messages follow.
+    fn headers(&mut self, props: &Properties, more: bool) -> HeaderMap {
+        if let Some((base, base_headers)) = &self.base
+            && let Some(headers) = headers::reencode(base, base_headers, props)
+        {
+            return headers;
+        }
+        let mut headers = headers::message_map();
+        headers::encode(props, &mut headers);
+        if more && self.made < MAX_BASES {
+            self.made += 1;
+            self.base = Some((props.clone(), headers.clone()));
+        }
+        headers
+    }
+}
+
 /// Checks sizes and builds every message of the batch before anything is sent, so that a batch
 /// with an oversized message publishes nothing.
 fn prepare(
@@ -45,7 +105,10 @@ fn prepare(
 ) -> Result<Vec<Prepared>, TransportError> {
     let now_us = Utc::now().timestamp_micros();
     let mut prepared = Vec::with_capacity(messages.len());
-    for outgoing in messages {
+    let mut subjects = LastSubject::default();
+    let mut base = BaseHeaders::default();
+    let count = messages.len();
+    for (i, outgoing) in messages.into_iter().enumerate() {
         let OutgoingMessage {
             message,
             deliver_at,
@@ -56,12 +119,12 @@ fn prepare(
                 max: shared.max_message_size,
             });
         }
-        let mut headers = headers::message_map();
-        headers::encode(&message.properties, &mut headers);
+        let more = i + 1 < count;
+        let mut subject = subjects.subject(shared, topic, &message.properties, more);
+        let mut headers = base.headers(&message.properties, more);
         if let Some(id) = message_id(&message.properties) {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         }
-        let mut subject = shared.names.message_subject(topic, &message.properties);
         if let Some(at) = deliver_at.map(|t| t.timestamp_micros())
             && at > now_us
         {
