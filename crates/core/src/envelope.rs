@@ -258,7 +258,8 @@ impl Envelope {
         out.extend_from_slice(b",\"occurredAt\":\"");
         write_time(&mut out, &self.occurred_at);
         out.extend_from_slice(b"\",\"schemaVersion\":");
-        out.extend_from_slice(itoa_u32(self.schema_version, &mut [0; 10]));
+        // Writing a number into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &self.schema_version);
         if !self.headers.is_empty() {
             out.extend_from_slice(b",\"headers\":{");
             for (i, (k, v)) in self.headers.iter().enumerate() {
@@ -507,19 +508,6 @@ fn json_value(out: &mut Vec<u8>, v: &Value) {
         // Writing a scalar into a Vec cannot fail.
         Value::Null | Value::Bool(_) | Value::Number(_) => {
             let _ = serde_json::to_writer(out, v);
-        }
-    }
-}
-
-/// The decimal digits of `v`, written at the end of `buf`.
-fn itoa_u32(mut v: u32, buf: &mut [u8; 10]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return &buf[i..];
         }
     }
 }

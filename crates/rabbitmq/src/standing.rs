@@ -101,6 +101,7 @@ impl Standing {
         // Tracked all at once (one lock of the acker), before any of them is handed out.
         let first = self.raw.len();
         let mut result = Ok(());
+        let mut cancelled = false;
         while self.raw.len() < max {
             match live.consumer.next().now_or_never() {
                 Some(Some(Ok(d))) => self.raw.push_back(d),
@@ -110,11 +111,8 @@ impl Standing {
                 }
                 // Cancelled by the broker (queue deleted): the next consume reports it.
                 Some(None) => {
-                    live.rx
-                        .acker
-                        .track_all(self.raw.range(first..).map(|d| d.delivery_tag));
-                    self.live = None;
-                    return Ok(());
+                    cancelled = true;
+                    break;
                 }
                 None => break,
             }
@@ -122,6 +120,9 @@ impl Standing {
         live.rx
             .acker
             .track_all(self.raw.range(first..).map(|d| d.delivery_tag));
+        if cancelled {
+            self.live = None;
+        }
         result
     }
 

@@ -62,8 +62,6 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 CREATE TABLE IF NOT EXISTS messages (",
     message_columns!(),
     ");
-CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
-CREATE INDEX IF NOT EXISTS messages_dead_lettered ON messages (dl_at, seq) WHERE queue < 0;
 CREATE TABLE IF NOT EXISTS message_bodies (
     seq        INTEGER PRIMARY KEY,
     body       BLOB NOT NULL,
@@ -133,8 +131,11 @@ CREATE TABLE IF NOT EXISTS dlq_audit (
 "
 );
 
-/// Deletes a message's bytes with it (applied after [`migrate`], which may rebuild `messages`).
-const BODY_TRIGGER: &str = "
+/// The indexes of `messages`, and the trigger that deletes a message's bytes with it: applied
+/// after [`migrate`], which may rebuild `messages` (dropping what hung on the old table).
+const MESSAGES_AFTER_MIGRATE: &str = "
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, seq);
+CREATE INDEX IF NOT EXISTS messages_dead_lettered ON messages (dl_at, seq) WHERE queue < 0;
 CREATE TRIGGER IF NOT EXISTS message_bodies_follow AFTER DELETE ON messages
 BEGIN
     DELETE FROM message_bodies WHERE seq = old.seq;
@@ -223,7 +224,7 @@ fn bootstrap(conn: &Connection, cfg: &SqliteConfig) -> rusqlite::Result<Result<(
     // connection.
     conn.execute_batch(&format!("BEGIN IMMEDIATE; {DDL}"))?;
     migrate(conn)?;
-    conn.execute_batch(BODY_TRIGGER)?;
+    conn.execute_batch(MESSAGES_AFTER_MIGRATE)?;
     conn.execute_batch(&format!(
         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))?;
@@ -246,14 +247,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             update.execute(rusqlite::params![stored, key])?;
         }
     }
-    // Checked on the table rather than the version alone: what matters is whether the bytes
-    // still live in `messages`.
+    // Checked on the table, not the version: what matters is whether the bytes still live in
+    // `messages` (versions 1 and 2; a new file's table is created narrow).
     let wide: bool = conn.query_row(
         "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = 'body'",
         [],
         |r| r.get(0),
     )?;
-    if (1..3).contains(&version) && wide {
+    if wide {
         split_message_bodies(conn)?;
     }
     Ok(())
@@ -261,7 +262,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Version 2 → 3: moves body, properties and dead-letter context out of `messages` into
 /// `message_bodies`, rebuilding `messages` narrow with the same `seq`s and the same
-/// AUTOINCREMENT high-water mark (a settled message's `seq` is never handed out again).
+/// AUTOINCREMENT high-water mark (a settled message's `seq` is never handed out again). Its
+/// indexes come back with [`MESSAGES_AFTER_MIGRATE`].
 fn split_message_bodies(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(concat!(
         "INSERT INTO message_bodies (seq, body, props, dl_context)
@@ -275,8 +277,6 @@ fn split_message_bodies(conn: &Connection) -> rusqlite::Result<()> {
          INSERT INTO sqlite_sequence (name, seq)
              SELECT 'messages_v3', seq FROM sqlite_sequence WHERE name = 'messages';
          DROP TABLE messages;
-         ALTER TABLE messages_v3 RENAME TO messages;
-         CREATE INDEX messages_ready ON messages (queue, visible_at, seq);
-         CREATE INDEX messages_dead_lettered ON messages (dl_at, seq) WHERE queue < 0;",
+         ALTER TABLE messages_v3 RENAME TO messages;",
     ))
 }
