@@ -7,30 +7,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use eventyard::{
-    Bus, BusError, Capabilities, ConsumerOptions, Delivery, Envelope, Event, HandlerError, Message,
+    Bus, BusError, Capabilities, ConsumerOptions, Delivery, Envelope, HandlerError, Message,
     MessageContext, OutgoingMessage, Properties, Receiver, RetryPolicy, Settle, Settlement,
-    SubQueue, SubscriptionSpec, TenantId, TopologyStyle, Transport, TransportError,
+    SubQueue, SubscriptionSpec, TopologyStyle, Transport, TransportError,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OrderPlaced {
-    n: u32,
-}
-impl Event for OrderPlaced {
-    const EVENT_TYPE: &'static str = "OrderPlaced";
-    const CONTEXT: &'static str = "sales";
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct InvoiceIssued {
-    n: u32,
-}
-impl Event for InvoiceIssued {
-    const EVENT_TYPE: &'static str = "InvoiceIssued";
-    const CONTEXT: &'static str = "sales";
-}
+mod common;
+use common::{InvoiceIssued, OrderPlaced, tenant, wait_until};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -53,10 +37,6 @@ impl Fixture {
     }
 }
 
-fn tenant(s: &str) -> TenantId {
-    TenantId::parse(s).unwrap()
-}
-
 fn fast_retry(attempts: u32) -> RetryPolicy {
     RetryPolicy::exponential(attempts, Duration::from_millis(100), Duration::from_secs(2))
 }
@@ -70,17 +50,6 @@ fn counting<E: Send + 'static>(
     move |_, _| {
         n.fetch_add(1, Ordering::SeqCst);
         std::future::ready(Ok(()))
-    }
-}
-
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eventyard::sqlite::{InboxError, InboxOutcome, SqliteBroker, SqliteConfig};
 use eventyard::{
@@ -10,6 +10,9 @@ use eventyard::{
     SubQueue, TenantId,
 };
 use serde::{Deserialize, Serialize};
+
+mod common;
+use common::wait_until;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,17 +49,6 @@ async fn ledger_rows(broker: &SqliteBroker) -> i64 {
         .await
         .unwrap()
         .unwrap()
-}
-
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A handler whose side effect (a ledger row) goes through the inbox; it fails *after* its

@@ -1,6 +1,6 @@
 //! [`Bus`]: publish typed events and subscribe handlers over any [`Transport`].
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::context::current_envelope;
 use crate::error::BusError;
 use crate::guard::TenantScope;
 use crate::handler::{EnvelopeHandler, Handler, Typed};
+use crate::publisher::{Publisher, Routed, publish_routed};
 use crate::retry::RetryPolicy;
 use crate::topology::{Router, TopologyStyle};
 
@@ -164,24 +165,42 @@ impl Bus {
         Ok(())
     }
 
-    /// Publishes several envelopes; one transport batch per topic, in order.
+    /// Publishes several envelopes; one transport batch per topic, in order. Returns once every
+    /// message is stored by the transport (confirmed, on a broker). To keep publishing while
+    /// earlier batches await their confirmations, use [`Bus::publisher`].
     pub async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), BusError> {
-        let mut by_topic: BTreeMap<String, Vec<OutgoingMessage>> = BTreeMap::new();
-        let mut order: Vec<String> = Vec::new();
+        let batches = self.route_batch(envelopes)?;
+        publish_routed(self.transport(), batches).await
+    }
+
+    /// A pipelined publisher with up to `max_in_flight` batches on their way at once (see
+    /// [`Publisher`]).
+    pub fn publisher(&self, max_in_flight: usize) -> Publisher {
+        Publisher::new(self.clone(), max_in_flight)
+    }
+
+    /// Validates, propagates and routes envelopes into one transport batch per topic, topics in
+    /// the order of their first envelope. Fails before anything is sent.
+    pub(crate) fn route_batch(&self, envelopes: Vec<Envelope>) -> Result<Vec<Routed>, BusError> {
+        let mut routed: Vec<Routed> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for mut env in envelopes {
             self.prepare(&mut env)?;
             let topic = self.topic_for(&env)?;
-            if !by_topic.contains_key(&topic) {
-                order.push(topic.clone());
-            }
-            by_topic.entry(topic).or_default().push((&env).into());
+            let message = OutgoingMessage::from(&env);
+            let at = match routed.last() {
+                Some(last) if last.topic == topic => routed.len() - 1,
+                _ => *index.entry(topic).or_insert_with_key(|topic| {
+                    routed.push(Routed {
+                        topic: topic.clone(),
+                        messages: Vec::new(),
+                    });
+                    routed.len() - 1
+                }),
+            };
+            routed[at].messages.push(message);
         }
-        for topic in order {
-            if let Some(batch) = by_topic.remove(&topic) {
-                self.inner.transport.publish(&topic, batch).await?;
-            }
-        }
-        Ok(())
+        Ok(routed)
     }
 
     /// Validates and applies propagation from the current handled envelope.

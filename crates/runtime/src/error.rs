@@ -28,6 +28,12 @@ pub enum BusError {
         "no bounded context registered for event type `{0}` (topic-per-context); register it with Bus::register::<E>() or Bus::map_context"
     )]
     UnknownContext(String),
+    /// A batch sent through a [`crate::Publisher`] ended without an outcome: its task panicked
+    /// or the runtime shut down. Its messages may or may not have been stored.
+    #[error(
+        "a pipelined publish ended without an outcome (its task panicked or the runtime shut down); its messages may or may not be stored"
+    )]
+    PublishAborted,
     /// Invalid bus or subscription configuration.
     #[error("invalid configuration: {0}")]
     Config(String),

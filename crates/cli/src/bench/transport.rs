@@ -14,15 +14,16 @@
 //!   oldest is confirmed. The raw messages carry what the transport sends: the envelope JSON as
 //!   body and the same headers (the `cs-*` properties, typed as the transport types them, the
 //!   message id; RabbitMQ: content type, timestamp and the enqueue-time header too). The same
-//!   publish without any header is reported for reference. Bus: N real envelopes through
-//!   `Bus::publish_batch`, `--batch` (default: the window) per call, from `--publishers`
-//!   (default 1) concurrent callers sharing the transport's window, so that the bus, like the
-//!   raw side, never has more than the window in flight. A call returns only once all its
-//!   messages are confirmed, so a single caller's window empties at the end of every call
-//!   (send, then wait for the last confirm, then prepare the next batch while the broker idles);
-//!   with `--publishers 2` a second caller fills it meanwhile, as the raw side's sliding window
-//!   does, and the single caller is measured too (on a bus of its own) and reported for
-//!   reference. (On a CPU-saturated 2-core machine the two gave the same rate within noise.)
+//!   publish without any header is reported for reference. Bus: N real envelopes, `--batch`
+//!   (default: the window) per batch, through the pipelined publisher (`Bus::publisher`) with
+//!   `--pipeline` (default 2) batches on their way: the next batch is validated, converted and
+//!   sent while earlier ones await their confirmations, and the caller awaits the oldest
+//!   receipt once more are pending — the bus's counterpart of the raw sliding window. All
+//!   batches share the transport's window, so the bus, like the raw side, never has more than
+//!   the window in flight. Sequential `Bus::publish_batch` calls from one caller are measured
+//!   too (on a bus of their own) and reported for reference: each call returns only once its
+//!   messages are confirmed, so the window empties at the end of every call (send, wait for the
+//!   last confirm, then prepare the next batch while the broker idles).
 //! - **R2, consume rate.** The backlog each side just published is consumed, the clock running
 //!   from the start of the consumer until all N are acknowledged. Raw, RabbitMQ: `basic.consume`
 //!   with prefetch = window, `basic.ack(multiple)` every 64 deliveries (and whenever no delivery
@@ -121,14 +122,16 @@ pub struct TransportArgs {
     /// In flight, on both sides: publish confirms / PubAcks, consumer prefetch and concurrency.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_535))]
     pub window: u64,
-    /// Envelopes per `Bus::publish_batch` call (default: the window).
+    /// Envelopes per batch the bus publishes (default: the window).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
-    /// Bus publish (R1): concurrent `Bus::publish_batch` callers. They share the transport's
-    /// window (`--window` in flight in all, as on the raw side); with more than one, a single
-    /// caller is measured too and reported for reference.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub publishers: u64,
+    /// Bus publish (R1): batches on their way at once through the pipelined publisher
+    /// (`Bus::publisher`), which sends the next batch while earlier ones await their
+    /// confirmations, as the raw client's sliding window does. They share the transport's window
+    /// (`--window` messages in flight in all, as on the raw side). Sequential
+    /// `Bus::publish_batch` calls from one caller are measured too and reported for reference.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub pipeline: u64,
     /// Size of the envelope's JSON payload, in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
@@ -217,10 +220,10 @@ pub struct Round {
     pub raw_consume: Phase,
     /// Raw consume with plain (unconfirmed) acks, when the transport confirms its acks.
     pub raw_consume_plain_acks: Option<Phase>,
-    /// `Bus::publish_batch` from `publishers` callers.
+    /// The pipelined publisher, `pipeline` batches on their way.
     pub bus_publish: Phase,
-    /// `Bus::publish_batch` from one caller (reference), when `publishers` > 1.
-    pub bus_publish_one_caller: Option<Phase>,
+    /// Sequential `Bus::publish_batch` calls from one caller (reference).
+    pub bus_publish_sequential: Phase,
     /// Runtime consumer.
     pub bus_consume: Phase,
     /// Bus consumer settle errors, retries and dead-letters (all should be 0).
@@ -339,10 +342,11 @@ pub struct Settings {
     pub ack_vs_fsync: String,
     /// Confirms / PubAcks in flight, consumer prefetch and concurrency.
     pub window: u64,
-    /// Envelopes per `Bus::publish_batch` call.
+    /// Envelopes per batch the bus publishes.
     pub batch: u64,
-    /// Concurrent `Bus::publish_batch` callers (sharing the transport's window).
-    pub publishers: u64,
+    /// Batches on their way at once through the pipelined publisher (sharing the transport's
+    /// window).
+    pub pipeline: u64,
     /// Messages per throughput phase.
     pub messages: u64,
     /// Rounds.
@@ -1222,7 +1226,7 @@ struct Bench {
     url: String,
     window: u64,
     batch: u64,
-    publishers: u64,
+    pipeline: u64,
     messages: u64,
     material: Material,
     raw: Raw,
@@ -1403,29 +1407,24 @@ impl Bench {
         }
     }
 
-    /// The bus phases of one round: publish the backlog, consume it; with several publishers,
-    /// then the single-caller publish on a bus of its own (reference).
-    async fn bus_round(&self, prefix: &str) -> anyhow::Result<(Phase, Phase, u64, Option<Phase>)> {
+    /// The bus phases of one round: publish the backlog (pipelined), consume it; then the
+    /// sequential publish on a bus of its own (reference).
+    async fn bus_round(&self, prefix: &str) -> anyhow::Result<(Phase, Phase, u64, Phase)> {
         let side = self.open_bus(prefix).await?;
         let result = self.bus_phases(&side).await;
         let closed = self.close_bus(side).await;
         let (publish, consume, anomalies) = result?;
         closed?;
-        let one_caller = if self.publishers > 1 {
-            let side = self.open_bus(&format!("{prefix}-one")).await?;
-            let result = async {
-                self.declare_bus_subscription(&side).await?;
-                self.bus_publish(&side, 1).await
-            }
-            .await;
-            let closed = self.close_bus(side).await;
-            let phase = result?;
-            closed?;
-            Some(phase)
-        } else {
-            None
-        };
-        Ok((publish, consume, anomalies, one_caller))
+        let side = self.open_bus(&format!("{prefix}-seq")).await?;
+        let result = async {
+            self.declare_bus_subscription(&side).await?;
+            self.bus_publish(&side, None).await
+        }
+        .await;
+        let closed = self.close_bus(side).await;
+        let sequential = result?;
+        closed?;
+        Ok((publish, consume, anomalies, sequential))
     }
 
     async fn declare_bus_subscription(&self, side: &BusSide) -> anyhow::Result<()> {
@@ -1438,28 +1437,41 @@ impl Bench {
         Ok(())
     }
 
-    /// Publishes the N envelopes of a phase through `Bus::publish_batch`, `--batch` per call,
-    /// from `publishers` concurrent callers (each taking the next batch when its call returns).
-    async fn bus_publish(&self, side: &BusSide, publishers: u64) -> anyhow::Result<Phase> {
+    /// Publishes the N envelopes of a phase, `--batch` per batch: through the pipelined
+    /// publisher with `pipeline` batches on their way (the caller awaits the oldest receipt once
+    /// more are pending), or, with `None`, by sequential `Bus::publish_batch` calls.
+    async fn bus_publish(&self, side: &BusSide, pipeline: Option<u64>) -> anyhow::Result<Phase> {
         let n = self.messages;
         let template = &self.material.template;
-        let left = AtomicU64::new(n);
-        let take = || {
-            left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
-                l.checked_sub(self.batch.min(l)).filter(|_| l > 0)
-            })
-            .map(|l| self.batch.min(l))
-        };
-        let timer = Timer::start(self.probe);
-        let callers = (0..publishers).map(|_| async {
-            while let Ok(k) = take() {
-                let envs: Vec<Envelope> = (0..k).map(|_| workload::next(template)).collect();
-                side.bus.publish_batch(envs).await?;
-            }
-            anyhow::Ok(())
+        let batches = (0..n.div_ceil(self.batch)).map(|b| {
+            let k = self.batch.min(n - b * self.batch);
+            (0..k)
+                .map(|_| workload::next(template))
+                .collect::<Vec<Envelope>>()
         });
-        for r in futures::future::join_all(callers).await {
-            r?;
+        let timer = Timer::start(self.probe);
+        match pipeline {
+            None => {
+                for envs in batches {
+                    side.bus.publish_batch(envs).await?;
+                }
+            }
+            Some(depth) => {
+                let depth = usize::try_from(depth).unwrap_or(usize::MAX);
+                let publisher = side.bus.publisher(depth);
+                let mut receipts = VecDeque::with_capacity(depth + 1);
+                for envs in batches {
+                    receipts.push_back(publisher.send(envs).await?);
+                    while receipts.len() > depth {
+                        if let Some(oldest) = receipts.pop_front() {
+                            oldest.await?;
+                        }
+                    }
+                }
+                for receipt in receipts {
+                    receipt.await?;
+                }
+            }
         }
         Ok(timer.stop(n))
     }
@@ -1468,7 +1480,7 @@ impl Bench {
         let n = self.messages;
         let concurrency = self.window();
         self.declare_bus_subscription(side).await?;
-        let publish = self.bus_publish(side, self.publishers).await?;
+        let publish = self.bus_publish(side, Some(self.pipeline)).await?;
 
         let timer = Timer::start(self.probe);
         let consumer = side
@@ -1514,7 +1526,7 @@ impl Bench {
             (self.raw_round(&raw_name).await?, bus)
         };
         let (raw_publish_bare, raw_publish, raw_consume, raw_consume_plain_acks) = raw;
-        let (bus_publish, bus_consume, bus_anomalies, bus_publish_one_caller) = bus;
+        let (bus_publish, bus_consume, bus_anomalies, bus_publish_sequential) = bus;
         Ok(Round {
             round,
             order: if raw_first { "raw-first" } else { "bus-first" },
@@ -1523,7 +1535,7 @@ impl Bench {
             raw_consume,
             raw_consume_plain_acks,
             bus_publish,
-            bus_publish_one_caller,
+            bus_publish_sequential,
             bus_consume,
             bus_anomalies,
         })
@@ -1968,7 +1980,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         url: a.url.clone(),
         window: a.window,
         batch: a.batch.unwrap_or(a.window),
-        publishers: a.publishers,
+        pipeline: a.pipeline,
         messages,
         raw,
         tag: unique_tag(),
@@ -2072,9 +2084,9 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         ),
     };
     let bus_pub_path = format!(
-        "Bus::publish_batch, {} envelopes per call, {} concurrent caller(s) sharing the \
-         transport window {} (a call returns once its own messages are confirmed)",
-        bench.batch, bench.publishers, a.window
+        "Bus::publisher (pipelined), {} envelopes per batch, {} batches on their way sharing the \
+         transport window {} (the caller awaits the oldest receipt once more are pending)",
+        bench.batch, bench.pipeline, a.window
     );
     let mut publish = compare(
         &rounds,
@@ -2091,9 +2103,10 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
     );
     publish.bus_reference = bus_reference(
         &rounds,
-        |r| r.bus_publish_one_caller.as_ref(),
+        |r| Some(&r.bus_publish_sequential),
         publish.raw,
-        "bus publish from one caller",
+        "bus publish by sequential Bus::publish_batch calls from one caller (each returns once \
+         its messages are confirmed)",
     );
     let mut consume = compare(
         &rounds,
@@ -2143,7 +2156,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             ack_vs_fsync,
             window: a.window,
             batch: bench.batch,
-            publishers: bench.publishers,
+            pipeline: bench.pipeline,
             messages,
             runs: a.runs,
             payload_bytes: a.payload_bytes,
@@ -2187,7 +2200,7 @@ pub fn table(r: &TransportReport) -> String {
         o,
         "window {} in flight (confirms, prefetch, consumer concurrency); bus batch {}; {} messages \
          per phase; payload {} B → body {} B (envelope JSON) + {} properties as headers (~{} B), \
-         both sides; {} rounds, medians; raw/bus order alternates by round; bus publishers {}",
+         both sides; {} rounds, medians; raw/bus order alternates by round; bus pipeline {} batches",
         s.window,
         s.batch,
         thousands(s.messages as f64),
@@ -2196,7 +2209,7 @@ pub fn table(r: &TransportReport) -> String {
         s.header_properties,
         s.header_bytes,
         s.runs,
-        s.publishers
+        s.pipeline
     );
     let _ = writeln!(o, "acks: {}", s.ack_policy);
     let _ = writeln!(o);
@@ -2246,7 +2259,7 @@ pub fn table(r: &TransportReport) -> String {
     }
     row(
         &mut o,
-        "   bus (Bus::publish_batch)",
+        "   bus (Bus::publisher, pipelined)",
         &p.bus_runs,
         p.bus,
         &p.bus_costs,
@@ -2254,7 +2267,7 @@ pub fn table(r: &TransportReport) -> String {
     if let Some(x) = &p.bus_reference {
         row(
             &mut o,
-            "   bus, one caller (reference)",
+            "   bus, sequential publish_batch (ref.)",
             &x.runs,
             x.rate,
             &x.costs,
