@@ -321,6 +321,11 @@ pub struct LatencyComparison {
     pub raw: LatencyRun,
     /// Bus publish → handler start.
     pub bus: LatencyRun,
+    /// What the raw run cost, from its first scheduled send until its last message was
+    /// consumed: how close to saturation the rate is.
+    pub raw_costs: Costs,
+    /// The same for the bus run.
+    pub bus_costs: Costs,
     /// `bus.p50_ms − raw.p50_ms`.
     pub p50_delta_ms: f64,
     /// `bus.p99_ms / raw.p99_ms`.
@@ -1543,7 +1548,11 @@ impl Bench {
 
     // -- latency --------------------------------------------------------------------------------
 
-    async fn raw_latency(&self, rate: f64, seconds: Duration) -> anyhow::Result<LatencyRun> {
+    async fn raw_latency(
+        &self,
+        rate: f64,
+        seconds: Duration,
+    ) -> anyhow::Result<(LatencyRun, Costs)> {
         let name = format!("yb-{}-lat-raw", self.tag);
         let rec = Recorder::new()?;
         let on_body: OnBody = {
@@ -1581,7 +1590,9 @@ impl Bench {
                             check_pub_ack(ack).await
                         })
                     };
-                    let run = drive_latency(rate, seconds, &rec, send, || task.is_finished()).await;
+                    let run =
+                        drive_latency(rate, seconds, &rec, send, || task.is_finished(), raw.probe)
+                            .await;
                     consumer_outcome(task, run).await
                 }
                 .await;
@@ -1627,7 +1638,9 @@ impl Bench {
                             check_confirm(confirm.await?)
                         })
                     };
-                    let run = drive_latency(rate, seconds, &rec, send, || task.is_finished()).await;
+                    let run =
+                        drive_latency(rate, seconds, &rec, send, || task.is_finished(), raw.probe)
+                            .await;
                     consumer_outcome(task, run).await
                 }
                 .await;
@@ -1639,7 +1652,11 @@ impl Bench {
         }
     }
 
-    async fn bus_latency(&self, rate: f64, seconds: Duration) -> anyhow::Result<LatencyRun> {
+    async fn bus_latency(
+        &self,
+        rate: f64,
+        seconds: Duration,
+    ) -> anyhow::Result<(LatencyRun, Costs)> {
         let side = self.open_bus(&format!("yb-{}-lat-bus", self.tag)).await?;
         let result = async {
             let rec = Recorder::new()?;
@@ -1668,7 +1685,7 @@ impl Bench {
                     Ok(())
                 })
             };
-            let run = drive_latency(rate, seconds, &rec, send, || false).await;
+            let run = drive_latency(rate, seconds, &rec, send, || false, self.probe).await;
             let anomalies = {
                 let c = consumer.counts();
                 c.settle_errors + c.retried + c.dead_lettered
@@ -1736,7 +1753,8 @@ async fn drive_latency<S>(
     rec: &Arc<Recorder>,
     mut send: S,
     consumer_ended: impl Fn() -> bool,
-) -> anyhow::Result<LatencyRun>
+    probe: Probe,
+) -> anyhow::Result<(LatencyRun, Costs)>
 where
     S: FnMut(Option<u64>) -> SendFuture + Send + 'static,
 {
@@ -1760,6 +1778,7 @@ where
     let total = (rate * seconds.as_secs_f64()).round().max(1.0) as u64;
     let period = Duration::from_secs_f64(1.0 / rate);
     let errors = Arc::new(AtomicU64::new(0));
+    let timer = Timer::start(probe);
     let handle = tokio::runtime::Handle::current();
     let (origin, thread_errors) = (rec.origin, errors.clone());
     let schedule = std::thread::Builder::new()
@@ -1800,6 +1819,7 @@ where
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let phase = timer.stop(total);
     let h = rec
         .hist
         .lock()
@@ -1811,7 +1831,12 @@ where
         "latency run: none of {total} messages was consumed"
     );
     let ms = |us: u64| us as f64 / 1_000.0;
-    Ok(LatencyRun {
+    let costs = Costs {
+        client_cpu_us_per_msg: phase.cpu_us_per_msg,
+        broker_cpu_us_per_msg: phase.broker_cpu_us_per_msg,
+        machine_busy_pct: phase.machine_busy_pct,
+    };
+    let run = LatencyRun {
         sent: total,
         received,
         publish_errors: errors.load(Ordering::Relaxed),
@@ -1821,14 +1846,15 @@ where
         max_ms: ms(h.max()),
         mean_ms: h.mean() / 1_000.0,
         max_schedule_lag_ms: max_lag.as_secs_f64() * 1_000.0,
-    })
+    };
+    Ok((run, costs))
 }
 
 /// The latency run's result, or the raw consumer's error if it gave up; stops the consumer.
 async fn consumer_outcome(
     task: tokio::task::JoinHandle<anyhow::Result<Phase>>,
-    run: anyhow::Result<LatencyRun>,
-) -> anyhow::Result<LatencyRun> {
+    run: anyhow::Result<(LatencyRun, Costs)>,
+) -> anyhow::Result<(LatencyRun, Costs)> {
     if task.is_finished() {
         match task.await {
             Ok(Err(e)) => return Err(e.context("raw latency consumer")),
@@ -2044,8 +2070,8 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             a.seconds.as_secs_f64()
         );
     }
-    let raw_lat = bench.raw_latency(rate, a.seconds).await?;
-    let bus_lat = bench.bus_latency(rate, a.seconds).await?;
+    let (raw_lat, raw_lat_costs) = bench.raw_latency(rate, a.seconds).await?;
+    let (bus_lat, bus_lat_costs) = bench.bus_latency(rate, a.seconds).await?;
 
     let (raw_pub_path, raw_con_path, bus_con_path) = match broker {
         Broker::Nats => (
@@ -2131,6 +2157,8 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         meets_target: p50_delta_ms <= TARGET_P50_DELTA_MS && p99_ratio <= TARGET_P99_RATIO,
         raw: raw_lat,
         bus: bus_lat,
+        raw_costs: raw_lat_costs,
+        bus_costs: bus_lat_costs,
         p50_delta_ms,
         p99_ratio,
         target_p50_delta_ms: TARGET_P50_DELTA_MS,
@@ -2335,19 +2363,25 @@ pub fn table(r: &TransportReport) -> String {
     );
     let _ = writeln!(
         o,
-        "{:<8}{:>10}{:>10}{:>10}{:>10}   {:>8}  schedule lag",
+        "{:<8}{:>10}{:>10}{:>10}{:>10}   {:>8}  schedule lag   CPU µs/msg: client  broker   machine busy",
         "ms", "p50", "p99", "p99.9", "max", "handled"
     );
-    for (name, x) in [("raw", &l.raw), ("bus", &l.bus)] {
+    for (name, x, c) in [("raw", &l.raw, &l.raw_costs), ("bus", &l.bus, &l.bus_costs)] {
+        let broker = c
+            .broker_cpu_us_per_msg
+            .map_or_else(|| "-".to_owned(), |b| format!("{b:.1}"));
         let _ = writeln!(
             o,
-            "{name:<8}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {:>8}  {:.2} ms{}",
+            "{name:<8}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {:>8}  {:>9.2} ms{:>20.1}{:>8}{:>14.0} %{}",
             x.p50_ms,
             x.p99_ms,
             x.p999_ms,
             x.max_ms,
             format!("{}/{}", x.received, x.sent),
             x.max_schedule_lag_ms,
+            c.client_cpu_us_per_msg,
+            broker,
+            c.machine_busy_pct,
             if x.publish_errors > 0 {
                 format!(", {} publish errors", x.publish_errors)
             } else {
