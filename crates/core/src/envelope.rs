@@ -207,7 +207,14 @@ impl Envelope {
     /// Checks the invariants the types cannot: type-name rule for the kind, payload is an
     /// object, schemaVersion >= 1.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
-        EventType::parse(self.event_type.as_str(), self.kind())?;
+        // The rule of `EventType::parse`, without copying the name (every publish validates).
+        let name = self.event_type.as_str();
+        crate::event_type::check(name, self.kind()).map_err(|reason| {
+            EnvelopeError::InvalidEventType {
+                value: name.to_owned(),
+                reason,
+            }
+        })?;
         self.validate_untyped()
     }
 
@@ -233,26 +240,26 @@ impl Envelope {
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.json_len_hint());
         out.extend_from_slice(b"{\"eventId\":");
-        json_str(&mut out, self.event_id.as_str());
+        json_id(&mut out, self.event_id.as_str());
         out.extend_from_slice(b",\"eventType\":");
-        json_str(&mut out, self.event_type.as_str());
+        json_id(&mut out, self.event_type.as_str());
         out.extend_from_slice(b",\"tenantId\":");
-        json_str(&mut out, self.tenant_id.as_str());
+        json_id(&mut out, self.tenant_id.as_str());
         if let Some(v) = &self.project_id {
             out.extend_from_slice(b",\"projectId\":");
-            json_str(&mut out, v.as_str());
+            json_id(&mut out, v.as_str());
         }
         if let Some(v) = &self.module_id {
             out.extend_from_slice(b",\"moduleId\":");
-            json_str(&mut out, v.as_str());
+            json_id(&mut out, v.as_str());
         }
         out.extend_from_slice(b",\"traceId\":");
-        json_str(&mut out, self.trace_id.as_str());
+        json_id(&mut out, self.trace_id.as_str());
         out.extend_from_slice(b",\"correlationId\":");
-        json_str(&mut out, self.correlation_id.as_str());
+        json_id(&mut out, self.correlation_id.as_str());
         out.extend_from_slice(b",\"causationId\":");
         match &self.causation_id {
-            Some(c) => json_str(&mut out, c.as_str()),
+            Some(c) => json_id(&mut out, c.as_str()),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"occurredAt\":\"");
@@ -459,6 +466,20 @@ impl Envelope {
         p.push((Borrowed(names::TRACE_ID), s(self.trace_id.as_str())));
         Properties::from_entries(p)
     }
+}
+
+/// Appends an identifier or event type as a JSON string: quoted, without looking for
+/// characters to escape, since their validation on construction admits none (letters,
+/// digits, `-`, `.`, `_`, and the braces and colons of the UUID forms an event id accepts).
+fn json_id(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(
+        !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+        "{s:?}"
+    );
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// Appends `s` as a JSON string, exactly as `serde_json` writes it: copied as is when nothing

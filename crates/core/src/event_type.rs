@@ -203,7 +203,8 @@ fn last_words(name: &str) -> (usize, &str, &str) {
     (count, before, &name[last..])
 }
 
-fn check(name: &str, kind: MessageKind) -> Result<(), String> {
+/// Checks `name` under the naming rule of `kind`; the reason when it breaks it.
+pub(crate) fn check(name: &str, kind: MessageKind) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }

@@ -168,28 +168,37 @@ id_type!(
     |v| check_prefixed("correlationId", "corr-", v)
 );
 
-fn uuid7() -> String {
-    uuid::Uuid::now_v7().to_string()
+/// `prefix` followed by a fresh UUIDv7 in its hyphenated lowercase form (as `Display` writes
+/// it), built in one allocation: ids are generated for every published message, and
+/// `format!` (through the formatting machinery, with an intermediate `String`) cost more
+/// than the UUID itself.
+fn prefixed_uuid7(prefix: &str) -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    let mut id = String::with_capacity(prefix.len() + text.len());
+    id.push_str(prefix);
+    id.push_str(text);
+    id
 }
 
 impl EventId {
     /// A fresh, time-ordered id (`evt-<uuidv7>`).
     pub fn generate() -> Self {
-        Self(format!("evt-{}", uuid7()))
+        Self(prefixed_uuid7("evt-"))
     }
 }
 
 impl TraceId {
     /// A fresh trace id (`trace-<uuidv7>`).
     pub fn generate() -> Self {
-        Self(format!("trace-{}", uuid7()))
+        Self(prefixed_uuid7("trace-"))
     }
 }
 
 impl CorrelationId {
     /// A fresh correlation id (`corr-<uuidv7>`).
     pub fn generate() -> Self {
-        Self(format!("corr-{}", uuid7()))
+        Self(prefixed_uuid7("corr-"))
     }
 }
 
@@ -206,6 +215,21 @@ mod tests {
         let err = EventId::parse("e-1").unwrap_err();
         assert_eq!(err.kind, "eventId");
         assert!(err.to_string().contains("e-1"), "{err}");
+    }
+
+    #[test]
+    fn generated_ids_have_the_display_form_of_their_uuid() {
+        for (id, prefix) in [
+            (EventId::generate().0, "evt-"),
+            (TraceId::generate().0, "trace-"),
+            (CorrelationId::generate().0, "corr-"),
+        ] {
+            let rest = id.strip_prefix(prefix).expect(prefix);
+            let uuid = uuid::Uuid::parse_str(rest).expect("a uuid");
+            assert_eq!(uuid.get_version_num(), 7);
+            assert_eq!(format!("{prefix}{uuid}"), id);
+            assert_eq!(id.capacity(), id.len(), "one exact allocation");
+        }
     }
 
     #[test]

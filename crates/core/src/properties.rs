@@ -5,7 +5,6 @@
 //! the client with the same results.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -140,10 +139,11 @@ impl From<f64> for PropertyValue {
 ///
 /// Reserved names (see [`names`]) are stored as static strings, not allocated per message: a
 /// message carries about ten of them, and they are built on every publish and decoded on every
-/// receive.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(transparent)]
-pub struct Properties(BTreeMap<Cow<'static, str>, PropertyValue>);
+/// receive. The entries are kept in one vector sorted by name (a message has a dozen or so):
+/// one allocation per map, lookups by binary search, and building from sorted entries is a
+/// copy.
+#[derive(Clone, Default, PartialEq)]
+pub struct Properties(Vec<(Cow<'static, str>, PropertyValue)>);
 
 /// Every reserved name, for [`key`].
 const RESERVED: [&str; 14] = [
@@ -171,6 +171,28 @@ fn key(name: &str) -> Cow<'static, str> {
     {
         Some(r) => Cow::Borrowed(r),
         None => Cow::Owned(name.to_owned()),
+    }
+}
+
+/// As a map: `Properties({"name": value, ...})`.
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Entries<'a>(&'a Properties);
+        impl fmt::Debug for Entries<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(self.0.0.iter().map(|(k, v)| (k, v)))
+                    .finish()
+            }
+        }
+        f.debug_tuple("Properties").field(&Entries(self)).finish()
+    }
+}
+
+/// As a JSON object, in name order.
+impl Serialize for Properties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
     }
 }
 
@@ -203,11 +225,11 @@ impl<'de> Deserialize<'de> for Properties {
                 self,
                 mut m: A,
             ) -> Result<Properties, A::Error> {
-                let mut out = BTreeMap::new();
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0).min(64));
                 while let Some((Key(k), v)) = m.next_entry::<Key, PropertyValue>()? {
-                    out.insert(k, v);
+                    out.push((k, v));
                 }
-                Ok(Properties(out))
+                Ok(Properties::from_entries(out))
             }
         }
         d.deserialize_map(Map)
@@ -220,14 +242,28 @@ impl Properties {
         Self::default()
     }
 
+    /// Where `name` is, or where it would be inserted.
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name))
+    }
+
     /// Looks a property up by exact name.
     pub fn get(&self, name: &str) -> Option<&PropertyValue> {
-        self.0.get(name)
+        if self.0.len() <= 16 {
+            // A message's dozen properties: comparing lengths first rules most names out
+            // without a byte comparison, cheaper than the ordered comparisons of a search.
+            return self
+                .0
+                .iter()
+                .find(|(k, _)| k.len() == name.len() && k.as_ref() == name)
+                .map(|(_, v)| v);
+        }
+        self.find(name).ok().map(|i| &self.0[i].1)
     }
 
     /// Looks a string property up; `None` if absent or not a string.
     pub fn get_str(&self, name: &str) -> Option<&str> {
-        match self.0.get(name) {
+        match self.get(name) {
             Some(PropertyValue::String(s)) => Some(s),
             _ => None,
         }
@@ -239,12 +275,19 @@ impl Properties {
         name: impl AsRef<str>,
         value: impl Into<PropertyValue>,
     ) -> Option<PropertyValue> {
-        self.0.insert(key(name.as_ref()), value.into())
+        let name = name.as_ref();
+        match self.find(name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value.into())),
+            Err(i) => {
+                self.0.insert(i, (key(name), value.into()));
+                None
+            }
+        }
     }
 
     /// Removes a property.
     pub fn remove(&mut self, name: &str) -> Option<PropertyValue> {
-        self.0.remove(name)
+        self.find(name).ok().map(|i| self.0.remove(i).1)
     }
 
     /// Iterates in name order.
@@ -252,10 +295,28 @@ impl Properties {
         self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
+    /// Consumes the map into its entries, in name order (reserved names borrowed, as [`key`]
+    /// gives them), so that their values can be moved rather than copied.
+    pub fn into_entries(self) -> impl Iterator<Item = (Cow<'static, str>, PropertyValue)> {
+        self.0.into_iter()
+    }
+
     /// Builds the map from entries whose names are already what [`key`] gives (reserved names
     /// borrowed). In any order; fastest in name order. A repeated name keeps its last value.
-    pub(crate) fn from_entries(entries: Vec<(Cow<'static, str>, PropertyValue)>) -> Self {
-        Properties(entries.into_iter().collect())
+    pub(crate) fn from_entries(mut entries: Vec<(Cow<'static, str>, PropertyValue)>) -> Self {
+        if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Stable: the values of a repeated name stay in their order, and each one
+            // removed hands its value to the entry kept, so the last value wins.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(&mut later.1, &mut kept.1);
+                }
+                same
+            });
+        }
+        Properties(entries)
     }
 
     /// Number of properties.
@@ -271,7 +332,7 @@ impl Properties {
 
 impl<K: AsRef<str>, V: Into<PropertyValue>> FromIterator<(K, V)> for Properties {
     fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
-        Properties(
+        Properties::from_entries(
             iter.into_iter()
                 .map(|(k, v)| (key(k.as_ref()), v.into()))
                 .collect(),
@@ -290,8 +351,8 @@ mod tests {
         p.insert(names::TENANT_ID, "acme");
         p.insert(String::from("later"), 1.5);
         let kinds: Vec<(&str, bool)> =
-            p.0.keys()
-                .map(|k| (k.as_ref(), matches!(k, Cow::Borrowed(_))))
+            p.0.iter()
+                .map(|(k, _)| (k.as_ref(), matches!(k, Cow::Borrowed(_))))
                 .collect();
         assert_eq!(
             kinds,
@@ -310,5 +371,107 @@ mod tests {
         assert_eq!(back, p);
         assert!(serde_json::from_str::<Properties>(r#"{"a":[1]}"#).is_err());
         assert!(serde_json::from_str::<Properties>(r#"["a"]"#).is_err());
+    }
+
+    /// The map behaves as the `BTreeMap` it replaced: same entries, order, last value wins,
+    /// same JSON and `Debug` text.
+    mod as_a_btree_map {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn value() -> impl Strategy<Value = PropertyValue> {
+            prop_oneof![
+                any::<bool>().prop_map(PropertyValue::Bool),
+                any::<i64>().prop_map(PropertyValue::Int),
+                (-1e9..1e9f64).prop_map(PropertyValue::Float),
+                "[a-z ]{0,6}".prop_map(PropertyValue::String),
+            ]
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(RESERVED.to_vec()).prop_map(str::to_owned),
+                "[a-z-]{0,4}",
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert(String, PropertyValue),
+            Remove(String),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (name(), value()).prop_map(|(n, v)| Op::Insert(n, v)),
+                1 => name().prop_map(Op::Remove),
+            ]
+        }
+
+        fn same(p: &Properties, m: &BTreeMap<String, PropertyValue>) {
+            let entries: Vec<(&str, &PropertyValue)> = p.iter().collect();
+            let expected: Vec<(&str, &PropertyValue)> =
+                m.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            assert_eq!(entries, expected);
+            assert_eq!(p.len(), m.len());
+            assert_eq!(
+                serde_json::to_string(p).unwrap(),
+                serde_json::to_string(m).unwrap()
+            );
+            let debug = format!("{m:?}");
+            assert_eq!(format!("{p:?}"), format!("Properties({debug})"));
+            assert_eq!(
+                format!("{p:#?}"),
+                format!(
+                    "Properties(\n    {},\n)",
+                    format!("{m:#?}").replace('\n', "\n    ")
+                )
+            );
+            for k in m.keys() {
+                assert_eq!(p.get(k), m.get(k));
+            }
+            let back: Properties =
+                serde_json::from_str(&serde_json::to_string(p).unwrap()).unwrap();
+            assert_eq!(back.iter().count(), p.len());
+        }
+
+        proptest! {
+            #[test]
+            fn operations_match(ops in prop::collection::vec(op(), 0..40)) {
+                let mut p = Properties::new();
+                let mut m = BTreeMap::new();
+                for op in ops {
+                    match op {
+                        Op::Insert(n, v) => {
+                            prop_assert_eq!(p.insert(&n, v.clone()), m.insert(n, v));
+                        }
+                        Op::Remove(n) => prop_assert_eq!(p.remove(&n), m.remove(&n)),
+                    }
+                    same(&p, &m);
+                }
+                let rebuilt: Properties = m.clone().into_iter().collect();
+                prop_assert_eq!(&rebuilt, &p);
+                let moved: Vec<(String, PropertyValue)> =
+                    p.into_entries().map(|(k, v)| (k.into_owned(), v)).collect();
+                prop_assert_eq!(moved, m.into_iter().collect::<Vec<_>>());
+            }
+
+            #[test]
+            fn building_from_entries_in_any_order_keeps_the_last_value(
+                pairs in prop::collection::vec((name(), value()), 0..30)
+            ) {
+                let mut m = BTreeMap::new();
+                for (n, v) in &pairs {
+                    m.insert(n.clone(), v.clone());
+                }
+                let p: Properties = pairs.iter().cloned().collect();
+                same(&p, &m);
+                let entries = pairs.into_iter().map(|(n, v)| (key(&n), v)).collect();
+                prop_assert_eq!(Properties::from_entries(entries), p);
+            }
+        }
     }
 }

@@ -81,6 +81,7 @@ pub(crate) fn message_map() -> HeaderMap {
 }
 
 static TYPE_NAME: HeaderName = HeaderName::from_static(TYPE_HEADER);
+static EVENT_ID_NAME: HeaderName = HeaderName::from_static(names::EVENT_ID);
 static PROP_NAME: HeaderName = HeaderName::from_static(PROP_HEADER);
 
 /// Inserts `value` under the plain header name `name`.
@@ -101,6 +102,17 @@ fn plain_name(name: &str) -> bool {
 }
 
 fn plain_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.is_ascii() {
+        // The same rule, byte by byte: no control byte (below 0x20, or 0x7f), and the only
+        // ASCII whitespace that is not a control byte, the space, at neither end.
+        // Not short-circuiting: the whole scan compiles to vector compares.
+        return bytes
+            .iter()
+            .fold(true, |ok, &b| ok & (b >= 0x20) & (b != 0x7f))
+            && bytes.first() != Some(&b' ')
+            && bytes.last() != Some(&b' ');
+    }
     !value.chars().any(char::is_control)
         && !value.starts_with(char::is_whitespace)
         && !value.ends_with(char::is_whitespace)
@@ -137,7 +149,12 @@ fn parse(code: &str, text: &str) -> Option<PropertyValue> {
 
 /// Adds the headers carrying `props` to `headers`.
 pub(crate) fn encode(props: &Properties, headers: &mut HeaderMap) {
-    for (name, value) in props.iter() {
+    encode_where(props, headers, |_| true);
+}
+
+/// [`encode`] of the properties whose name passes `keep`.
+fn encode_where(props: &Properties, headers: &mut HeaderMap, keep: impl Fn(&str) -> bool) {
+    for (name, value) in props.iter().filter(|(name, _)| keep(name)) {
         let plain = plain_name(name)
             && match value {
                 PropertyValue::String(s) => plain_value(s),
@@ -156,41 +173,103 @@ pub(crate) fn encode(props: &Properties, headers: &mut HeaderMap) {
     }
 }
 
-/// The headers carrying `next`, made from `base_headers` (which carry `base`) by replacing the
-/// values that differ, when that is all it takes: the same names in both, and every differing
-/// value a plain string in both (so each sits in the one header named after it). Cloning a map
-/// and replacing a few values costs far less than encoding every property again (hashing,
+/// The headers of a message of a batch, from which those of the next messages are made when
+/// they differ from it only in a few plain string values (see [`Template::make`]). Cloning a
+/// map and replacing a few values costs far less than encoding every property again (hashing,
 /// checks and an allocation per header); a batch usually repeats its tenant, type, schema
-/// version and kind. `None` otherwise: encode `next` from scratch.
-pub(crate) fn reencode(
-    base: &Properties,
-    base_headers: &HeaderMap,
-    next: &Properties,
-) -> Option<HeaderMap> {
-    if base.len() != next.len() {
-        return None;
-    }
-    for ((name, old), (next_name, new)) in base.iter().zip(next.iter()) {
-        if name != next_name {
-            return None;
+/// version and kind, and only the event id changes.
+pub(crate) struct Template {
+    /// The properties the headers carry.
+    props: Properties,
+    /// Their headers, except that the event id, when it is a plain string, has no value: every
+    /// message sets its own, and a value in the template would be copied only to be dropped.
+    headers: HeaderMap,
+    /// The event id's header is left empty.
+    id_slot: bool,
+    /// [`wire_len`] of `headers`.
+    wire: usize,
+}
+
+/// Bytes one header line takes on the wire (`name: value\r\n`).
+pub(crate) fn line_len(name: &str, value: &str) -> usize {
+    name.len() + 2 + value.len() + 2
+}
+
+/// Whether `value` travels as a plain header of its own (under a plain name).
+fn plain_string(value: &PropertyValue) -> bool {
+    matches!(value, PropertyValue::String(s) if plain_value(s))
+}
+
+impl Template {
+    /// The template of messages like the one carrying `props`.
+    pub(crate) fn new(props: Properties) -> Self {
+        let id_slot = props.get(names::EVENT_ID).is_some_and(plain_string);
+        let mut headers = message_map();
+        encode_where(&props, &mut headers, |name| {
+            !(id_slot && name == names::EVENT_ID)
+        });
+        let wire = wire_len(&headers);
+        Template {
+            props,
+            headers,
+            id_slot,
+            wire,
         }
-        if old != new {
-            match (old, new) {
-                (PropertyValue::String(a), PropertyValue::String(b))
-                    if plain_name(name) && plain_value(a) && plain_value(b) => {}
-                _ => return None,
+    }
+
+    /// Whether the headers of `next` can be made from the template (see [`Template::make`]).
+    fn fits(&self, next: &Properties) -> bool {
+        if self.props.len() != next.len() {
+            return false;
+        }
+        self.props
+            .iter()
+            .zip(next.iter())
+            .all(|((name, old), (next_name, new))| {
+                if name != next_name {
+                    false
+                } else if self.id_slot && name == names::EVENT_ID {
+                    plain_string(new)
+                } else {
+                    old == new
+                        || matches!((old, new), (PropertyValue::String(a), PropertyValue::String(b))
+                            if plain_name(name) && plain_value(a) && plain_value(b))
+                }
+            })
+    }
+
+    /// The headers carrying `next` and their [`wire_len`], made from the template by setting
+    /// the event id and replacing the values that differ, when that is all it takes: the same
+    /// names in both, the event id a plain string, and every other differing value a plain
+    /// string in both (so each sits in the one header named after it). The headers equal those
+    /// [`encode`] gives (into a [`message_map`]). `Err(next)` otherwise: encode it from scratch.
+    pub(crate) fn make(&self, next: Properties) -> Result<(HeaderMap, usize), Properties> {
+        if !self.fits(&next) {
+            return Err(next);
+        }
+        let mut headers = self.headers.clone();
+        let mut wire = self.wire;
+        for ((_, old), (name, new)) in self.props.iter().zip(next.into_entries()) {
+            let slot = self.id_slot && name == names::EVENT_ID;
+            if !slot && *old == new {
+                continue;
+            }
+            if let PropertyValue::String(s) = new {
+                wire += line_len(&name, &s);
+                if let (false, PropertyValue::String(o)) = (slot, old) {
+                    wire -= line_len(&name, o);
+                }
+                // The value is moved into the header, not copied.
+                if slot {
+                    headers.insert(EVENT_ID_NAME.clone(), s);
+                } else {
+                    insert_plain(&mut headers, &name, s);
+                }
             }
         }
+        debug_assert_eq!(wire, wire_len(&headers));
+        Ok((headers, wire))
     }
-    let mut headers = base_headers.clone();
-    for ((_, old), (name, new)) in base.iter().zip(next.iter()) {
-        if old != new
-            && let PropertyValue::String(s) = new
-        {
-            insert_plain(&mut headers, name, s.clone());
-        }
-    }
-    Some(headers)
 }
 
 /// The properties carried by `headers` (see the module docs).
@@ -235,7 +314,7 @@ pub(crate) fn wire_len(headers: &HeaderMap) -> usize {
     for (name, values) in headers.iter() {
         let name: &str = name.as_ref();
         for v in values {
-            len += name.len() + 2 + v.as_str().len() + 2;
+            len += line_len(name, v.as_str());
         }
     }
     len
@@ -280,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn reencoded_headers_equal_a_fresh_encoding_or_are_refused() {
+    fn templated_headers_equal_a_fresh_encoding_or_are_refused() {
         let props = |pairs: &[(&str, PropertyValue)]| -> Properties {
             pairs.iter().map(|(n, v)| (*n, v.clone())).collect()
         };
@@ -292,14 +371,15 @@ mod tests {
             ("odd name", s("v")),
             ("padded", s("p")),
         ]);
-        let mut base_headers = message_map();
-        encode(&base, &mut base_headers);
         let fresh = |p: &Properties| {
             let mut h = message_map();
             encode(p, &mut h);
             h
         };
-        // Plain strings that differ: replaced in place.
+        let template = Template::new(base.clone());
+        assert!(template.id_slot);
+        assert_eq!(template.wire, wire_len(&template.headers));
+        // Plain strings that differ, and the event id: set in place.
         for next in [
             base.clone(),
             props(&[
@@ -309,13 +389,26 @@ mod tests {
                 ("odd name", s("v")),
                 ("padded", s("q")),
             ]),
+            props(&[
+                (
+                    names::EVENT_ID,
+                    s("evt-0190b6a2-7c1e-7c4a-9f3e-2b8f5c1d9e00 long"),
+                ),
+                (names::TENANT_ID, s("a")),
+                ("x-count", PropertyValue::Int(3)),
+                ("odd name", s("v")),
+                ("padded", s("p")),
+            ]),
         ] {
-            let made = reencode(&base, &base_headers, &next).expect("reencodable");
+            let Ok((made, wire)) = template.make(next.clone()) else {
+                panic!("templated: {next:?}");
+            };
             assert_eq!(lines(&made), lines(&fresh(&next)));
             assert_eq!(made, fresh(&next));
+            assert_eq!(wire, wire_len(&made));
             assert_eq!(decode(Some(&made)), next);
         }
-        // Anything else: refused.
+        // Anything else: refused, and handed back.
         let with = |name: &str, value: PropertyValue| {
             let mut p = base.clone();
             p.insert(names::EVENT_ID, s("e-2"));
@@ -330,9 +423,59 @@ mod tests {
             with("odd name", s("w")),
             with("padded", s(" p ")),
             with("x-count", s("3")),
+            with(names::EVENT_ID, s("e-2\n")),
+            with(names::EVENT_ID, PropertyValue::Int(2)),
             renamed,
         ] {
-            assert!(reencode(&base, &base_headers, &next).is_none(), "{next:?}");
+            match template.make(next.clone()) {
+                Err(back) => assert_eq!(back, next),
+                Ok(_) => panic!("templated: {next:?}"),
+            }
+        }
+        // A template whose event id is absent or not plain has no slot for it; one that is
+        // not plain must then repeat exactly.
+        for id in [None, Some(s(" e-1"))] {
+            let mut base = base.clone();
+            match &id {
+                Some(v) => base.insert(names::EVENT_ID, v.clone()),
+                None => base.remove(names::EVENT_ID),
+            };
+            let template = Template::new(base.clone());
+            assert!(!template.id_slot);
+            let mut next = base.clone();
+            next.insert(names::TENANT_ID, "other");
+            let (made, wire) = template.make(next.clone()).expect("templated");
+            assert_eq!(made, fresh(&next));
+            assert_eq!(wire, wire_len(&made));
+            if id.is_some() {
+                next.insert(names::EVENT_ID, "e-2");
+                assert!(template.make(next).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn plain_values_by_bytes_as_by_chars() {
+        let by_chars = |v: &str| {
+            !v.chars().any(char::is_control)
+                && !v.starts_with(char::is_whitespace)
+                && !v.ends_with(char::is_whitespace)
+        };
+        let mut values: Vec<String> = (0..0x300u32)
+            .chain([0x1680, 0x2000, 0x2028, 0x3000, 0xfeff])
+            .filter_map(char::from_u32)
+            .flat_map(|c| {
+                [
+                    format!("{c}"),
+                    format!("a{c}"),
+                    format!("{c}b"),
+                    format!("a{c}b"),
+                ]
+            })
+            .collect();
+        values.extend(["", " ", "acme", "evt-0190b6a2", "a b", "\u{85}x"].map(String::from));
+        for v in &values {
+            assert_eq!(plain_value(v), by_chars(v), "{v:?}");
         }
     }
 

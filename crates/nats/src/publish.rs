@@ -1,11 +1,14 @@
 //! Publishing: headers, size checks, a window of publish acknowledgements, scheduled messages.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
-use async_nats::HeaderMap;
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use chrono::Utc;
 use eventyard_core::properties::names;
@@ -15,12 +18,13 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::error::{publish_error, unavailable};
-use crate::headers::{self, DELIVER_AT_HEADER, TARGET_HEADER};
+use crate::headers::{self, DELIVER_AT_HEADER, TARGET_HEADER, Template, line_len};
 use crate::transport::Shared;
 
 /// A message ready to go: subject, headers, body.
 pub(crate) struct Prepared {
-    pub subject: String,
+    /// Shared by the messages of a batch that go to the same subject.
+    pub subject: Subject,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -40,22 +44,23 @@ pub(crate) fn message_id(props: &Properties) -> Option<String> {
 /// (a batch has one topic, and usually one tenant and event type).
 #[derive(Default)]
 struct LastSubject {
-    last: Option<(Option<PropertyValue>, Option<PropertyValue>, String)>,
+    last: Option<(Option<PropertyValue>, Option<PropertyValue>, Subject)>,
 }
 
 impl LastSubject {
     /// The subject of a message of `topic` with `props`; kept for the next when `more`
     /// messages follow.
-    fn subject(&mut self, shared: &Shared, topic: &str, props: &Properties, more: bool) -> String {
+    fn subject(&mut self, shared: &Shared, topic: &str, props: &Properties, more: bool) -> Subject {
         let tenant = props.get(names::TENANT_ID);
         let event_type = props.get(names::EVENT_TYPE);
         if let Some((t, e, subject)) = &self.last
             && t.as_ref() == tenant
             && e.as_ref() == event_type
         {
+            // A reference count, not a copy.
             return subject.clone();
         }
-        let subject = shared.names.message_subject(topic, props);
+        let subject = Subject::from(shared.names.message_subject(topic, props));
         if more {
             self.last = Some((tenant.cloned(), event_type.cloned(), subject.clone()));
         }
@@ -63,36 +68,43 @@ impl LastSubject {
     }
 }
 
-/// A message of the batch and its headers (without the message id), from which the headers of
-/// the next messages are made when they differ only in a few string values (see
-/// [`headers::reencode`]).
+/// The template the headers of the batch's messages are made from (see [`Template`]).
 #[derive(Default)]
 struct BaseHeaders {
-    base: Option<(Properties, HeaderMap)>,
-    /// Bases made so far; a batch whose messages keep differing (mixed tenants, say) stops
-    /// paying for the copies a base takes.
+    base: Option<Template>,
+    /// Templates made so far; a batch whose messages keep differing (mixed tenants, say) stops
+    /// paying for the copies a template takes.
     made: u8,
 }
 
-/// At most this many bases per batch.
+/// At most this many templates per batch.
 const MAX_BASES: u8 = 4;
 
 impl BaseHeaders {
-    /// The headers carrying `props`; a message that cannot be made from the base becomes it
-    /// when `more` messages follow.
-    fn headers(&mut self, props: &Properties, more: bool) -> HeaderMap {
-        if let Some((base, base_headers)) = &self.base
-            && let Some(headers) = headers::reencode(base, base_headers, props)
-        {
-            return headers;
-        }
-        let mut headers = headers::message_map();
-        headers::encode(props, &mut headers);
-        if more && self.made < MAX_BASES {
+    /// The headers carrying `props` and their wire length; a message whose headers cannot be
+    /// made from the template becomes it when `more` messages follow.
+    fn headers(&mut self, props: Properties, more: bool) -> (HeaderMap, usize) {
+        let props = match &self.base {
+            Some(base) => match base.make(props) {
+                Ok(made) => return made,
+                Err(props) => props,
+            },
+            None => props,
+        };
+        let props = if more && self.made < MAX_BASES {
             self.made += 1;
-            self.base = Some((props.clone(), headers.clone()));
-        }
-        headers
+            let base = self.base.insert(Template::new(props.clone()));
+            match base.make(props) {
+                Ok(made) => return made,
+                Err(props) => props,
+            }
+        } else {
+            props
+        };
+        let mut headers = headers::message_map();
+        headers::encode(&props, &mut headers);
+        let wire = headers::wire_len(&headers);
+        (headers, wire)
     }
 }
 
@@ -121,18 +133,25 @@ fn prepare(
         }
         let more = i + 1 < count;
         let mut subject = subjects.subject(shared, topic, &message.properties, more);
-        let mut headers = base.headers(&message.properties, more);
-        if let Some(id) = message_id(&message.properties) {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        let id = message_id(&message.properties);
+        let (mut headers, mut wire) = base.headers(message.properties, more);
+        // None of the headers added below can come from a property (their names are
+        // reserved), so each adds a line.
+        if let Some(id) = id {
+            wire += line_len(NATS_MESSAGE_ID.as_ref(), &id);
+            headers.insert(NATS_MESSAGE_ID, id);
         }
         if let Some(at) = deliver_at.map(|t| t.timestamp_micros())
             && at > now_us
         {
-            headers.insert(DELIVER_AT_HEADER, at.to_string());
-            headers.insert(TARGET_HEADER, subject);
-            subject = shared.names.schedule_subject(topic);
+            let at = at.to_string();
+            wire += line_len(DELIVER_AT_HEADER, &at) + line_len(TARGET_HEADER, &subject);
+            headers.insert(DELIVER_AT_HEADER, at);
+            headers.insert(TARGET_HEADER, subject.as_str());
+            subject = Subject::from(shared.names.schedule_subject(topic));
         }
-        let wire = headers::wire_len(&headers) + message.body.len();
+        debug_assert_eq!(wire, headers::wire_len(&headers));
+        let wire = wire + message.body.len();
         if wire > shared.max_wire_size {
             return Err(TransportError::MessageTooLarge {
                 size: wire,
@@ -209,13 +228,21 @@ fn classify(e: &async_nats::jetstream::context::PublishError) -> Failure {
 async fn send(shared: &Shared, p: Prepared) -> Result<PublishAckFuture, Failure> {
     let timeout = shared.cfg.request_timeout;
     let message = PublishMessage::build().payload(p.body).headers(p.headers);
-    match tokio::time::timeout(timeout, shared.js.send_publish(p.subject, message)).await {
-        Ok(Ok(ack)) => Ok(ack),
-        Ok(Err(e)) => Err(classify(&e)),
-        Err(_) => Err(Failure::Error(unavailable(format!(
-            "publish not sent within {timeout:?}"
-        )))),
-    }
+    let mut sending = pin!(shared.js.send_publish(p.subject, message));
+    // A send usually completes at its first poll (room in the client's queue, an ack permit
+    // free): only one that has to wait pays for the timer that bounds it.
+    let sent = match poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await {
+        Poll::Ready(sent) => sent,
+        Poll::Pending => match tokio::time::timeout(timeout, sending).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                return Err(Failure::Error(unavailable(format!(
+                    "publish not sent within {timeout:?}"
+                ))));
+            }
+        },
+    };
+    sent.map_err(|e| classify(&e))
 }
 
 /// Sends prepared messages, each once it holds a permit of the transport's publish window (so

@@ -168,7 +168,7 @@ async fn move_or_delay(shared: &Shared, topic: &str, stream: &str, message: Nats
     let moved = publish_one(
         shared,
         Prepared {
-            subject: target,
+            subject: target.into(),
             headers: out,
             body: message.payload,
         },

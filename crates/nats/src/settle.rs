@@ -114,7 +114,7 @@ pub(crate) async fn copy_to_dead_letter(
     let stored = publish_one(
         shared,
         Prepared {
-            subject: origin.dead_letter_subject.clone(),
+            subject: origin.dead_letter_subject.as_str().into(),
             headers: h,
             body: original.body.clone(),
         },
