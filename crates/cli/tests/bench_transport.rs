@@ -63,6 +63,8 @@ fn check(v: &Value, broker: &str) {
     assert_ratio(&v["consume"], "consume");
     let reference = &v["publish"]["reference"];
     assert!(num(reference, "rate") > 0.0, "{reference}");
+    let sequential = &v["publish"]["bus_reference"];
+    assert!(num(sequential, "rate") > 0.0, "{sequential}");
 
     let l = &v["latency"];
     assert!(num(l, "rate") > 0.0 && num(l, "rate") <= 1000.0, "{l}");
@@ -72,6 +74,10 @@ fn check(v: &Value, broker: &str) {
         assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{side}: {x}");
         assert_eq!(x["received"], x["sent"], "{side}: {x}");
         assert_eq!(x["publish_errors"], 0, "{side}: {x}");
+        let costs = &l[format!("{side}_costs")];
+        assert!(num(costs, "client_cpu_us_per_msg") > 0.0, "{side}: {costs}");
+        let busy = num(costs, "machine_busy_pct");
+        assert!((0.0..=100.0).contains(&busy), "{side}: {costs}");
     }
     let p99_ratio = num(l, "p99_ratio");
     assert!(
@@ -81,7 +87,9 @@ fn check(v: &Value, broker: &str) {
 
     let s = &v["settings"];
     assert_eq!(s["window"], 64);
-    assert_eq!(s["batch"], 64);
+    // The pipelined publisher's batches fill the window between them: 4 of 16.
+    assert_eq!(s["pipeline"], 4);
+    assert_eq!(s["batch"], 16);
     assert_eq!(s["messages"], MESSAGES);
     assert_eq!(s["runs"], 1);
     assert_eq!(s["payload_bytes"], 256);
@@ -100,6 +108,7 @@ fn check(v: &Value, broker: &str) {
         "raw_publish",
         "raw_consume",
         "bus_publish",
+        "bus_publish_sequential",
         "bus_consume",
     ] {
         assert_eq!(rounds[0][phase]["messages"], MESSAGES, "{phase}");

@@ -15,13 +15,13 @@
 //!   body and the same headers (the `cs-*` properties, typed as the transport types them, the
 //!   message id; RabbitMQ: content type, timestamp and the enqueue-time header too). The same
 //!   publish without any header is reported for reference. Bus: N real envelopes, `--batch`
-//!   (default: the window) per batch, through the pipelined publisher (`Bus::publisher`) with
-//!   `--pipeline` (default 2) batches on their way: the next batch is validated, converted and
-//!   sent while earlier ones await their confirmations, and the caller awaits the oldest
+//!   (default: the window / `--pipeline`) per batch, through the pipelined publisher
+//!   (`Bus::publisher`) with `--pipeline` (default 4) batches on their way: the next batch is
+//!   validated, converted and sent while earlier ones await their confirmations, and the caller awaits the oldest
 //!   receipt once more are pending — the bus's counterpart of the raw sliding window. All
 //!   batches share the transport's window, so the bus, like the raw side, never has more than
-//!   the window in flight. Sequential `Bus::publish_batch` calls from one caller are measured
-//!   too (on a bus of their own) and reported for reference: each call returns only once its
+//!   the window in flight. Sequential `Bus::publish_batch` calls of `window` envelopes from one
+//!   caller are measured too (on a bus of their own) and reported for reference: each call returns only once its
 //!   messages are confirmed, so the window empties at the end of every call (send, wait for the
 //!   last confirm, then prepare the next batch while the broker idles).
 //! - **R2, consume rate.** The backlog each side just published is consumed, the clock running
@@ -122,7 +122,8 @@ pub struct TransportArgs {
     /// In flight, on both sides: publish confirms / PubAcks, consumer prefetch and concurrency.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_535))]
     pub window: u64,
-    /// Envelopes per batch the bus publishes (default: the window).
+    /// Envelopes per batch the bus publishes (default: the window divided by `--pipeline`, so
+    /// that the batches on their way fill the window without waiting for each other's slots).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
     /// Bus publish (R1): batches on their way at once through the pipelined publisher
@@ -130,7 +131,7 @@ pub struct TransportArgs {
     /// confirmations, as the raw client's sliding window does. They share the transport's window
     /// (`--window` messages in flight in all, as on the raw side). Sequential
     /// `Bus::publish_batch` calls from one caller are measured too and reported for reference.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub pipeline: u64,
     /// Size of the envelope's JSON payload, in bytes.
     #[arg(long, default_value_t = 256)]
@@ -1442,14 +1443,20 @@ impl Bench {
         Ok(())
     }
 
-    /// Publishes the N envelopes of a phase, `--batch` per batch: through the pipelined
-    /// publisher with `pipeline` batches on their way (the caller awaits the oldest receipt once
-    /// more are pending), or, with `None`, by sequential `Bus::publish_batch` calls.
+    /// Publishes the N envelopes of a phase: through the pipelined publisher, `--batch` per
+    /// batch, with `pipeline` batches on their way (the caller awaits the oldest receipt once
+    /// more are pending), or, with `None`, by sequential `Bus::publish_batch` calls of `window`
+    /// envelopes.
     async fn bus_publish(&self, side: &BusSide, pipeline: Option<u64>) -> anyhow::Result<Phase> {
         let n = self.messages;
         let template = &self.material.template;
-        let batches = (0..n.div_ceil(self.batch)).map(|b| {
-            let k = self.batch.min(n - b * self.batch);
+        let size = if pipeline.is_some() {
+            self.batch
+        } else {
+            self.window
+        };
+        let batches = (0..n.div_ceil(size)).map(|b| {
+            let k = size.min(n - b * size);
             (0..k)
                 .map(|_| workload::next(template))
                 .collect::<Vec<Envelope>>()
@@ -2005,7 +2012,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         broker,
         url: a.url.clone(),
         window: a.window,
-        batch: a.batch.unwrap_or(a.window),
+        batch: a.batch.unwrap_or((a.window / a.pipeline).max(1)),
         pipeline: a.pipeline,
         messages,
         raw,
@@ -2131,8 +2138,8 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         &rounds,
         |r| Some(&r.bus_publish_sequential),
         publish.raw,
-        "bus publish by sequential Bus::publish_batch calls from one caller (each returns once \
-         its messages are confirmed)",
+        "bus publish by sequential Bus::publish_batch calls of the window's size from one caller \
+         (each returns once its messages are confirmed)",
     );
     let mut consume = compare(
         &rounds,
