@@ -39,7 +39,9 @@
 //!   same machine and broker, 1 / (1/P + 1/C) of the median raw publish (P) and consume (C)
 //!   rates; half the publish rate alone would saturate the pipeline (on a 2-core machine the
 //!   raw side queued for over a second) and measure queueing, not latency. A dedicated thread
-//!   keeps the schedule and hands each publish to the runtime as its own task; the *intended*
+//!   keeps the schedule and hands each publish to the runtime as its own task, each side with
+//!   at most `window` publishes awaiting their confirmation (the bus: the transport's window;
+//!   raw: a semaphore of the same size), so a slow confirmation delays later sends alike; the *intended*
 //!   send time travels in the payload (an envelope header), and the consumer (raw: on receipt;
 //!   bus: at handler start) records `now − intended` in an HDR histogram — no coordinated
 //!   omission.
@@ -51,6 +53,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use async_nats::jetstream;
@@ -1586,10 +1590,14 @@ impl Bench {
                     ));
                     let js = raw.js.clone();
                     let template = self.material.template.clone();
+                    let in_flight = Arc::new(Semaphore::new(window));
                     let send = move |intended: Option<u64>| -> SendFuture {
                         let env = latency_envelope(&template, intended);
                         let (js, subject) = (js.clone(), subject.clone());
+                        let in_flight = in_flight.clone();
                         Box::pin(async move {
+                            // The transport's publish window, on the raw side too.
+                            let _slot = in_flight.acquire_owned().await?;
                             let m = Message::from_envelope(&env);
                             let h = nats_headers(&m.properties);
                             let msg = PublishMessage::build().payload(m.body).headers(h);
@@ -1622,10 +1630,14 @@ impl Bench {
                     let publisher = raw.publisher().await?;
                     let exchange = ShortString::from(name.as_str());
                     let template = self.material.template.clone();
+                    let in_flight = Arc::new(Semaphore::new(window));
                     let send = move |intended: Option<u64>| -> SendFuture {
                         let env = latency_envelope(&template, intended);
                         let (ch, exchange) = (publisher.clone(), exchange.clone());
+                        let in_flight = in_flight.clone();
                         Box::pin(async move {
+                            // The transport's confirm window, on the raw side too.
+                            let _slot = in_flight.acquire_owned().await?;
                             let m = Message::from_envelope(&env);
                             let now = now_ms();
                             let props = amqp_properties(
