@@ -16,6 +16,7 @@ use eventyard_core::transport::check_name;
 use eventyard_core::{OutgoingMessage, Properties, PropertyValue, TransportError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::sync::TryAcquireError;
 
 use crate::error::{publish_error, unavailable};
 use crate::headers::{self, DELIVER_AT_HEADER, TARGET_HEADER, Template, line_len};
@@ -263,17 +264,26 @@ pub(crate) async fn send_all(shared: &Shared, prepared: Vec<Prepared>) -> Outcom
         }
     };
     for p in prepared {
-        // Settle what came in while waiting for a permit: this call's own finished
-        // acknowledgements hold permits until they are polled.
-        let permit = loop {
-            tokio::select! {
-                biased;
-                Some(result) = in_flight.next(), if !in_flight.is_empty() => record(result),
-                permit = Arc::clone(&shared.window).acquire_owned() => break permit,
+        let permit = match Arc::clone(&shared.window).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break, // never closed
+            Err(TryAcquireError::NoPermits) => {
+                // Settle what comes in while waiting for a permit: this call's own finished
+                // acknowledgements hold permits until they are polled. One wait, kept across
+                // those settlements, so the call keeps its place in the window's queue.
+                let mut acquire = pin!(Arc::clone(&shared.window).acquire_owned());
+                let permit = loop {
+                    tokio::select! {
+                        biased;
+                        Some(result) = in_flight.next(), if !in_flight.is_empty() => record(result),
+                        permit = &mut acquire => break permit,
+                    }
+                };
+                let Ok(permit) = permit else {
+                    break; // never closed
+                };
+                permit
             }
-        };
-        let Ok(permit) = permit else {
-            break; // never closed
         };
         match send(shared, p).await {
             Ok(ack) => {

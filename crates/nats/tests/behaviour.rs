@@ -279,3 +279,37 @@ async fn odd_properties_survive_the_server() {
     assert!(d.message.properties.get_str(names::EVENT_ID).is_some());
     d.ack().await.expect("ack");
 }
+
+/// Concurrent publish calls carrying many times the publish window: each waits for its slots
+/// while settling its own acknowledgements, none is stuck, and every message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_beyond_the_window_all_complete() {
+    let Some(url) = services::require(Service::Nats) else {
+        return;
+    };
+    let prefix = common::unique_prefix();
+    let cleanup = Cleanup {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let mut cfg = common::config(&url, &prefix);
+    cfg.publish_window = 8;
+    let t = NatsTransport::connect(cfg).await.expect("connect");
+    t.ensure_subscription(&SubscriptionSpec::new("window", "all"))
+        .await
+        .expect("ensure");
+    let calls = (0..6).map(|_| {
+        let batch: Vec<_> = (0..40)
+            .map(|_| message("tenant-a", "OrderPlaced"))
+            .collect();
+        t.publish("window", batch)
+    });
+    let results = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+        .await
+        .expect("a publish call is stuck");
+    for r in results {
+        r.expect("publish");
+    }
+    let stream = format!("{}_T_window", cleanup.prefix);
+    assert_eq!(stored(&cleanup.url, &stream).await, 240);
+}
