@@ -14,9 +14,10 @@
 //! Headers starting with `Nats-` or `Eventyard-` are never properties. Headers from other
 //! publishers become string properties.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use async_nats::{HeaderMap, HeaderName};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use eventyard_core::properties::names;
 use eventyard_core::{Properties, PropertyValue};
 
@@ -273,39 +274,51 @@ impl Template {
 }
 
 /// The properties carried by `headers` (see the module docs).
+///
+/// Runs on every delivery: the entries are collected first and the map is built from them in
+/// one go (one sort), rather than inserted one by one.
 pub(crate) fn decode(headers: Option<&HeaderMap>) -> Properties {
-    let mut props = Properties::new();
     let Some(headers) = headers else {
-        return props;
+        return Properties::new();
     };
-    let mut typed: Vec<(&str, &str)> = Vec::new();
+    let mut entries: Vec<(Cow<'_, str>, PropertyValue)> = Vec::with_capacity(headers.len());
+    let mut typed: &[HeaderValue] = &[];
     for (name, values) in headers.iter() {
         let name: &str = name.as_ref();
         if name == TYPE_HEADER {
-            typed.extend(values.iter().filter_map(|v| v.as_str().split_once(':')));
+            typed = values;
         } else if name == PROP_HEADER {
             for v in values {
                 if let Ok((n, code, t)) =
                     serde_json::from_str::<(String, String, String)>(v.as_str())
                     && let Some(value) = parse(&code, &t)
                 {
-                    props.insert(n, value);
+                    entries.push((Cow::Owned(n), value));
                 }
             }
         } else if !is_reserved(name)
             && let Some(last) = values.last()
         {
-            props.insert(name, last.as_str());
+            entries.push((
+                Cow::Borrowed(name),
+                PropertyValue::String(last.as_str().to_owned()),
+            ));
         }
     }
-    for (code, name) in typed {
-        if let Some(PropertyValue::String(t)) = props.get(name)
-            && let Some(value) = parse(code, t)
-        {
-            props.insert(name, value);
+    // A typed name's string value is read back with its type. Every entry of the name is
+    // converted: of a repeated name only the last is kept, as if inserted one by one.
+    for (code, name) in typed.iter().filter_map(|v| v.as_str().split_once(':')) {
+        for (n, value) in entries.iter_mut() {
+            if n.len() == name.len()
+                && n.as_ref() == name
+                && let PropertyValue::String(t) = value
+                && let Some(typed_value) = parse(code, t)
+            {
+                *value = typed_value;
+            }
         }
     }
-    props
+    entries.into_iter().collect()
 }
 
 /// Bytes the headers take on the wire (as the server counts them against `max_payload`).
@@ -567,6 +580,70 @@ mod tests {
             Some(PropertyValue::Float(x)) => assert!(x.is_nan()),
             other => panic!("expected NaN, got {other:?}"),
         }
+    }
+
+    /// The former decoding, property by property: [`decode`] must agree with it.
+    fn decode_by_insertion(headers: &HeaderMap) -> Properties {
+        let mut props = Properties::new();
+        let mut typed: Vec<(&str, &str)> = Vec::new();
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            if name == TYPE_HEADER {
+                typed.extend(values.iter().filter_map(|v| v.as_str().split_once(':')));
+            } else if name == PROP_HEADER {
+                for v in values {
+                    if let Ok((n, code, t)) =
+                        serde_json::from_str::<(String, String, String)>(v.as_str())
+                        && let Some(value) = parse(&code, &t)
+                    {
+                        props.insert(n, value);
+                    }
+                }
+            } else if !is_reserved(name)
+                && let Some(last) = values.last()
+            {
+                props.insert(name, last.as_str());
+            }
+        }
+        for (code, name) in typed {
+            if let Some(PropertyValue::String(t)) = props.get(name)
+                && let Some(value) = parse(code, t)
+            {
+                props.insert(name, value);
+            }
+        }
+        props
+    }
+
+    #[test]
+    fn decoding_agrees_with_inserting_one_by_one() {
+        let mut h = HeaderMap::new();
+        h.insert(names::EVENT_ID, "e-1");
+        h.insert(names::TENANT_ID, "acme");
+        h.insert(names::SCHEMA_VERSION, "3");
+        h.insert("x-a", "1.5");
+        h.insert("x-b", "not a number");
+        h.insert("x-c", "true");
+        h.append("x-multi", "first");
+        h.append("x-multi", "last");
+        h.insert("Nats-Msg-Id", "e-1");
+        h.append(TYPE_HEADER, format!("i:{}", names::SCHEMA_VERSION));
+        h.append(TYPE_HEADER, "f:x-a");
+        h.append(TYPE_HEADER, "i:x-a");
+        h.append(TYPE_HEADER, "i:x-b");
+        h.append(TYPE_HEADER, "b:x-c");
+        h.append(TYPE_HEADER, "i:absent");
+        h.append(TYPE_HEADER, "no colon");
+        h.append(PROP_HEADER, r#"["odd name","s"," v "]"#);
+        h.append(PROP_HEADER, r#"["x-typed","i","7"]"#);
+        h.append(PROP_HEADER, r#"["x-bad","q","7"]"#);
+        let p = decode(Some(&h));
+        assert_eq!(p, decode_by_insertion(&h));
+        assert_eq!(p.get(names::SCHEMA_VERSION), Some(&PropertyValue::Int(3)));
+        assert_eq!(p.get("x-a"), Some(&PropertyValue::Float(1.5)));
+        assert_eq!(p.get_str("x-multi"), Some("last"));
+        assert_eq!(p.len(), 9, "{p:?}");
+        assert_eq!(decode(Some(&HeaderMap::new())), Properties::new());
     }
 
     #[test]

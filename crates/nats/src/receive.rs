@@ -37,18 +37,18 @@
 //! as above.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_nats::{Message as NatsMessage, StatusCode, Subscriber};
+use async_nats::{Message as NatsMessage, StatusCode, Subject, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use eventyard_core::transport::MAX_DELIVERY_EXCEEDED;
 use eventyard_core::{DeadLetterInfo, Delivery, Message, Receiver, SubQueue, TransportError};
 use futures::{FutureExt, StreamExt};
-use serde_json::json;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio::time::Instant;
 
@@ -113,18 +113,54 @@ pub(crate) struct AckInfo {
 }
 
 /// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (and the
-/// longer form with domain and account hash).
+/// longer form with domain and account hash). Runs on every delivery: the tokens are found
+/// in one pass over the bytes, without collecting them.
 pub(crate) fn parse_ack_subject(reply: &str) -> Option<AckInfo> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
+    // The tokens read are among the first ten (the long form's timestamp is the tenth), so
+    // the first ten dots bound them; the dots are only counted past those.
+    let bytes = reply.as_bytes();
+    let mut dots = [0usize; 10];
+    let mut count = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'.' {
+            if let Some(slot) = dots.get_mut(count) {
+                *slot = i;
+            }
+            count += 1;
+        }
+    }
+    let tokens = count + 1;
+    if tokens < 9 || !reply.starts_with("$JS.ACK.") {
         return None;
     }
-    let base = if tokens.len() == 9 { 4 } else { 6 };
+    // Token `k` (at most 9) runs from after dot `k - 1` to dot `k` or the end.
+    let token = |k: usize| {
+        let start = dots[k - 1] + 1;
+        let end = dots
+            .get(k)
+            .filter(|_| k < count)
+            .copied()
+            .unwrap_or(bytes.len());
+        &reply[start..end]
+    };
+    let base = if tokens == 9 { 4 } else { 6 };
     Some(AckInfo {
-        delivered: tokens.get(base)?.parse().ok()?,
-        stream_sequence: tokens.get(base + 1)?.parse().ok()?,
-        timestamp_ns: tokens.get(base + 3)?.parse().ok()?,
+        delivered: token(base).parse().ok()?,
+        stream_sequence: token(base + 1).parse().ok()?,
+        timestamp_ns: token(base + 3).parse().ok()?,
     })
+}
+
+/// The JSON body of a pull request (written directly: one is sent per receive call or lease).
+/// Without `expires`, a `no_wait` request.
+fn pull_body(batch: usize, no_wait: bool, expires: Option<Duration>) -> String {
+    match expires {
+        Some(e) => format!(
+            r#"{{"batch":{batch},"no_wait":{no_wait},"expires":{}}}"#,
+            crate::api::nanos(e)
+        ),
+        None => format!(r#"{{"batch":{batch},"no_wait":true}}"#),
+    }
 }
 
 /// Local lock deadline of a delivery received now: the lock, less a margin for the time the
@@ -144,9 +180,31 @@ fn later(at: Instant, d: Duration) -> Instant {
 /// message marks the earlier one superseded (see `Locked::superseded`).
 #[derive(Default)]
 struct Outstanding {
-    by_sequence: HashMap<u64, Weak<AtomicBool>>,
+    by_sequence: HashMap<u64, Weak<AtomicBool>, BuildHasherDefault<SequenceHasher>>,
     /// Size at which settled (dropped) entries are next swept out.
     sweep_at: usize,
+}
+
+/// Hashes a stream sequence with one multiplication (Fibonacci hashing) instead of SipHash:
+/// the keys are the server's own sequence numbers, not chosen by whoever publishes, and this
+/// map is written on every delivery.
+#[derive(Default)]
+struct SequenceHasher(u64);
+
+impl Hasher for SequenceHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl Outstanding {
@@ -172,7 +230,8 @@ struct Inner {
     origin: Arc<Origin>,
     stream: String,
     consumer: String,
-    next_subject: String,
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` (cloned per request without copying).
+    next_subject: Subject,
     inbox: String,
     inbox_sub: Subscriber,
     control: Subscriber,
@@ -270,7 +329,7 @@ impl Inner {
                 queue,
                 dead_letter_subject: shared.names.dead_letter_subject(topic, subscription),
             }),
-            next_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+            next_subject: Subject::from(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")),
             stream,
             consumer,
             inbox,
@@ -329,20 +388,11 @@ impl Inner {
         self.next_token += 1;
         let token = self.next_token;
         let no_wait = kind == Kind::NoWait;
-        let body = match expires {
-            Some(e) => {
-                json!({ "batch": batch, "no_wait": no_wait, "expires": crate::api::nanos(e) })
-            }
-            None => json!({ "batch": batch, "no_wait": true }),
-        };
+        let body = pull_body(batch, no_wait, expires);
         let reply = format!("{}.{token}", self.inbox);
         self.shared
             .client
-            .publish_with_reply(
-                self.next_subject.clone(),
-                reply,
-                Bytes::from(body.to_string()),
-            )
+            .publish_with_reply(self.next_subject.clone(), reply, Bytes::from(body))
             .await
             .map_err(|e| unavailable(format!("pull request: {e}")))?;
         let gone_at = match expires {
@@ -693,6 +743,39 @@ mod tests {
         );
         assert_eq!(parse_ack_subject("_INBOX.abc.1"), None);
         assert_eq!(parse_ack_subject("$JS.ACK.S.c.x.5.8.1.0"), None);
+        // The same answers as splitting into a vector (the former implementation).
+        let by_vector = |reply: &str| -> Option<AckInfo> {
+            let tokens: Vec<&str> = reply.split('.').collect();
+            if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
+                return None;
+            }
+            let base = if tokens.len() == 9 { 4 } else { 6 };
+            Some(AckInfo {
+                delivered: tokens.get(base)?.parse().ok()?,
+                stream_sequence: tokens.get(base + 1)?.parse().ok()?,
+                timestamp_ns: tokens.get(base + 3)?.parse().ok()?,
+            })
+        };
+        for reply in [
+            "$JS.ACK.S.c.1.2.3.4.5",
+            "$JS.ACK.S.c.1.2.3.4",
+            "$JS.ACK.S.c.1.2.3.4.5.6",
+            "$JS.ACK.d.h.S.c.1.2.3.4",
+            "$JS.ACK.d.h.S.c.1.2.3.4.5",
+            "$JS.ACK.d.h.S.c.1.2.3.4.5.6.7.8.9",
+            "$JS.ACK.d.h.S.c.+1.2.3.4.5.6",
+            "$JS.ACK.d.h.S.c.1.2.3.4.5.6.",
+            "$JS.ACK.S.c.1.2.3.4.",
+            "$JS.ACK.S.c.1.2.3.4.5.",
+            "$JS.ACK.S.c.1.2.3..5",
+            "$JS.ACK.S.c.-1.2.3.4.5",
+            "$JS.ACK.S.c.1.2.3.-4.5",
+            "$JS.ACK.........",
+            "$JS.NAK.S.c.1.2.3.4.5",
+            "",
+        ] {
+            assert_eq!(parse_ack_subject(reply), by_vector(reply), "{reply}");
+        }
     }
 
     #[test]
@@ -715,6 +798,23 @@ mod tests {
             drop(o.track(s));
         }
         assert!(o.by_sequence.len() < 1024, "{}", o.by_sequence.len());
+    }
+
+    #[test]
+    fn pull_bodies_are_the_requests_json() {
+        let parse = |body: String| -> serde_json::Value { serde_json::from_str(&body).unwrap() };
+        assert_eq!(
+            parse(pull_body(64, false, Some(Duration::from_millis(50)))),
+            serde_json::json!({ "batch": 64, "no_wait": false, "expires": 50_000_000 })
+        );
+        assert_eq!(
+            parse(pull_body(1, true, Some(Duration::from_secs(5)))),
+            serde_json::json!({ "batch": 1, "no_wait": true, "expires": 5_000_000_000_i64 })
+        );
+        assert_eq!(
+            parse(pull_body(256, true, None)),
+            serde_json::json!({ "batch": 256, "no_wait": true })
+        );
     }
 
     #[test]
