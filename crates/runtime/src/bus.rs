@@ -187,18 +187,14 @@ impl Bus {
         for mut env in envelopes {
             self.prepare(&mut env)?;
             let topic = self.topic_for(&env)?;
-            let message = OutgoingMessage::from(&env);
-            let at = match routed.last() {
-                Some(last) if last.topic == topic => routed.len() - 1,
-                _ => *index.entry(topic).or_insert_with_key(|topic| {
-                    routed.push(Routed {
-                        topic: topic.clone(),
-                        messages: Vec::new(),
-                    });
-                    routed.len() - 1
-                }),
-            };
-            routed[at].messages.push(message);
+            let at = *index.entry(topic).or_insert_with_key(|topic| {
+                routed.push(Routed {
+                    topic: topic.clone(),
+                    messages: Vec::new(),
+                });
+                routed.len() - 1
+            });
+            routed[at].messages.push(OutgoingMessage::from(&env));
         }
         Ok(routed)
     }

@@ -1571,6 +1571,9 @@ impl Bench {
             Arc::new(move |body: &[u8]| rec.record(intended_in(body)))
         };
         let window = self.window();
+        let template = self.material.template.clone();
+        // The transport's publish/confirm window, on the raw side too.
+        let in_flight = Arc::new(Semaphore::new(window));
         match &self.raw {
             Raw::Nats(raw) => {
                 raw.create_stream(&name).await?;
@@ -1589,14 +1592,11 @@ impl Bench {
                         "{name}.t.{EVENT_TYPE}.bench.{EVENT_TYPE}"
                     ));
                     let js = raw.js.clone();
-                    let template = self.material.template.clone();
-                    let in_flight = Arc::new(Semaphore::new(window));
                     let send = move |intended: Option<u64>| -> SendFuture {
                         let env = latency_envelope(&template, intended);
                         let (js, subject) = (js.clone(), subject.clone());
                         let in_flight = in_flight.clone();
                         Box::pin(async move {
-                            // The transport's publish window, on the raw side too.
                             let _slot = in_flight.acquire_owned().await?;
                             let m = Message::from_envelope(&env);
                             let h = nats_headers(&m.properties);
@@ -1629,14 +1629,11 @@ impl Bench {
                     ));
                     let publisher = raw.publisher().await?;
                     let exchange = ShortString::from(name.as_str());
-                    let template = self.material.template.clone();
-                    let in_flight = Arc::new(Semaphore::new(window));
                     let send = move |intended: Option<u64>| -> SendFuture {
                         let env = latency_envelope(&template, intended);
                         let (ch, exchange) = (publisher.clone(), exchange.clone());
                         let in_flight = in_flight.clone();
                         Box::pin(async move {
-                            // The transport's confirm window, on the raw side too.
                             let _slot = in_flight.acquire_owned().await?;
                             let m = Message::from_envelope(&env);
                             let now = now_ms();
