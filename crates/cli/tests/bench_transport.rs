@@ -84,6 +84,34 @@ fn check(v: &Value, broker: &str) {
         (p99_ratio - num(&l["bus"], "p99_ms") / num(&l["raw"], "p99_ms")).abs() <= 1e-9,
         "{l}"
     );
+    // Three pairs (the default), the order alternating, each side's figures their medians.
+    let pairs = l["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 3, "{l}");
+    for (i, pair) in pairs.iter().enumerate() {
+        assert_eq!(pair["pair"], i + 1);
+        let order = if i % 2 == 0 { "raw-first" } else { "bus-first" };
+        assert_eq!(pair["order"], order, "{pair}");
+        let delta = num(&pair["bus"], "p50_ms") - num(&pair["raw"], "p50_ms");
+        assert!((num(pair, "p50_delta_ms") - delta).abs() <= 1e-9, "{pair}");
+        for side in ["raw", "bus"] {
+            assert_eq!(pair[side]["received"], pair[side]["sent"], "{pair}");
+            let slices = num(&pair[format!("{side}_costs")], "slices_per_msg");
+            assert!(slices > 0.0, "a run is on a CPU at least once: {pair}");
+        }
+    }
+    for side in ["raw", "bus"] {
+        let mut p50s: Vec<f64> = pairs.iter().map(|p| num(&p[side], "p50_ms")).collect();
+        p50s.sort_by(f64::total_cmp);
+        assert_eq!(
+            num(&l[side], "p50_ms"),
+            p50s[1],
+            "{side}: the median of the pairs"
+        );
+        let sent: f64 = pairs.iter().map(|p| num(&p[side], "sent")).sum();
+        assert_eq!(num(&l[side], "sent"), sent, "{side}: totals");
+    }
+    let delta = num(&l["bus"], "p50_ms") - num(&l["raw"], "p50_ms");
+    assert!((num(l, "p50_delta_ms") - delta).abs() <= 1e-9, "{l}");
 
     let s = &v["settings"];
     assert_eq!(s["window"], 64);
@@ -92,6 +120,7 @@ fn check(v: &Value, broker: &str) {
     assert_eq!(s["batch"], 16);
     assert_eq!(s["messages"], MESSAGES);
     assert_eq!(s["runs"], 1);
+    assert_eq!(s["latency_runs"], 3);
     assert_eq!(s["payload_bytes"], 256);
     assert!(
         num(s, "body_bytes") > 256.0 && num(s, "header_bytes") > 100.0,

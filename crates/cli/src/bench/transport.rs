@@ -34,7 +34,9 @@
 //!   concurrency = window, ack after the handler); the clock stops when its `acked` counter
 //!   reaches N.
 //! - **R5, latency.** Open loop at `--latency-share` (50 %) of the raw maximum rate (capped by
-//!   `--latency-max-rate`, 20k/s) for `--seconds`, the same rate for both sides. The raw maximum
+//!   `--latency-max-rate`, 20k/s) for `--seconds`, the same rate for both sides, in
+//!   `--latency-runs` (3) pairs of one raw and one bus run, the raw side first in odd pairs and
+//!   the bus first in even ones; R5 compares the medians of each side's p50 and p99. The raw maximum
 //!   end-to-end rate is what the raw client sustains publishing and consuming at once on the
 //!   same machine and broker, 1 / (1/P + 1/C) of the median raw publish (P) and consume (C)
 //!   rates; half the publish rate alone would saturate the pipeline (on a 2-core machine the
@@ -79,7 +81,6 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
 use serde::Serialize;
 
-use super::broker::parse_schedstat;
 use super::embedded::thousands;
 use super::latency::LatencyRun;
 use super::workload::{self, EVENT_TYPE, INTENDED_HEADER, SUBSCRIPTION, median};
@@ -150,6 +151,10 @@ pub struct TransportArgs {
     /// Latency run: upper bound of its rate, msg/s.
     #[arg(long, default_value_t = 20_000.0)]
     pub latency_max_rate: f64,
+    /// Latency runs per side (R5 is the median of them): pairs of one raw and one bus run, the
+    /// raw side first in odd pairs and the bus first in even ones.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub latency_runs: u32,
     /// Latency run: how long to publish, each side (`5s`, `500ms`, or seconds).
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub seconds: Duration,
@@ -205,6 +210,11 @@ pub struct Phase {
     /// CPU time of the broker's process per message, µs, when the broker runs on this machine
     /// (`nats-server` / `beam.smp`, found by name for a loopback URL); `None` otherwise.
     pub broker_cpu_us_per_msg: Option<f64>,
+    /// Times one of this process's threads was put on a CPU, per message (`schedstat`
+    /// timeslices: wake-ups and returns from preemption): what batching saves.
+    pub slices_per_msg: f64,
+    /// The same for the broker's process, when found.
+    pub broker_slices_per_msg: Option<f64>,
     /// Share of all CPUs of the machine busy during the phase, % (everything, other processes
     /// included; from `/proc/stat`): near 100 means the phase was CPU-bound.
     pub machine_busy_pct: f64,
@@ -305,11 +315,86 @@ pub struct Costs {
     pub client_cpu_us_per_msg: f64,
     /// CPU µs per message of the local broker process, when found.
     pub broker_cpu_us_per_msg: Option<f64>,
+    /// Times a client thread was put on a CPU, per message.
+    pub slices_per_msg: f64,
+    /// The same for the broker's threads, when found.
+    pub broker_slices_per_msg: Option<f64>,
     /// Share of the machine's CPUs busy, %.
     pub machine_busy_pct: f64,
 }
 
-/// R5: latency of both sides at the same fixed rate.
+impl Costs {
+    /// What `phase` cost.
+    fn of(phase: &Phase) -> Self {
+        Costs {
+            client_cpu_us_per_msg: phase.cpu_us_per_msg,
+            broker_cpu_us_per_msg: phase.broker_cpu_us_per_msg,
+            slices_per_msg: phase.slices_per_msg,
+            broker_slices_per_msg: phase.broker_slices_per_msg,
+            machine_busy_pct: phase.machine_busy_pct,
+        }
+    }
+
+    /// Field-wise medians (the broker's over the runs that measured it).
+    fn median<'a>(all: impl IntoIterator<Item = &'a Costs>) -> Costs {
+        let all: Vec<&Costs> = all.into_iter().collect();
+        let of = |f: fn(&Costs) -> f64| median_by(&all, |c| Some(f(c))).unwrap_or(0.0);
+        let some = |f: fn(&Costs) -> Option<f64>| median_by(&all, f);
+        Costs {
+            client_cpu_us_per_msg: of(|c| c.client_cpu_us_per_msg),
+            broker_cpu_us_per_msg: some(|c| c.broker_cpu_us_per_msg),
+            slices_per_msg: of(|c| c.slices_per_msg),
+            broker_slices_per_msg: some(|c| c.broker_slices_per_msg),
+            machine_busy_pct: of(|c| c.machine_busy_pct),
+        }
+    }
+}
+
+/// One R5 pair: a raw and a bus latency run at the same rate, one right after the other.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyPair {
+    /// 1-based.
+    pub pair: u32,
+    /// `raw-first` or `bus-first`.
+    pub order: &'static str,
+    /// Raw publish → raw consumer receipt.
+    pub raw: LatencyRun,
+    /// Bus publish → handler start.
+    pub bus: LatencyRun,
+    /// What the raw run cost.
+    pub raw_costs: Costs,
+    /// What the bus run cost.
+    pub bus_costs: Costs,
+    /// `bus.p50_ms − raw.p50_ms` of this pair.
+    pub p50_delta_ms: f64,
+    /// `bus.p99_ms / raw.p99_ms` of this pair.
+    pub p99_ratio: f64,
+}
+
+/// The median of `f` over the items that have it; `None` when none has.
+fn median_by<T>(items: &[&T], f: impl Fn(&T) -> Option<f64>) -> Option<f64> {
+    let v: Vec<f64> = items.iter().filter_map(|x| f(x)).collect();
+    (!v.is_empty()).then(|| median(&v))
+}
+
+/// Field-wise medians of latency runs (`sent`, `received` and `publish_errors`: totals).
+fn median_run<'a>(runs: impl IntoIterator<Item = &'a LatencyRun>) -> LatencyRun {
+    let runs: Vec<&LatencyRun> = runs.into_iter().collect();
+    let of = |f: fn(&LatencyRun) -> f64| median_by(&runs, |r| Some(f(r))).unwrap_or(0.0);
+    LatencyRun {
+        sent: runs.iter().map(|r| r.sent).sum(),
+        received: runs.iter().map(|r| r.received).sum(),
+        publish_errors: runs.iter().map(|r| r.publish_errors).sum(),
+        p50_ms: of(|r| r.p50_ms),
+        p99_ms: of(|r| r.p99_ms),
+        p999_ms: of(|r| r.p999_ms),
+        max_ms: of(|r| r.max_ms),
+        mean_ms: of(|r| r.mean_ms),
+        max_schedule_lag_ms: of(|r| r.max_schedule_lag_ms),
+    }
+}
+
+/// R5: latency of both sides at the same fixed rate, the median of `pairs`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyComparison {
     /// Messages per second, both sides.
@@ -320,20 +405,21 @@ pub struct LatencyComparison {
     pub raw_max_rate: f64,
     /// How the rate was chosen.
     pub rate_basis: String,
-    /// Seconds of publishing, each side.
+    /// Seconds of publishing, each side and run.
     pub seconds: f64,
-    /// Raw publish → raw consumer receipt.
+    /// Raw publish → raw consumer receipt: field-wise medians over the pairs (`sent`,
+    /// `received`, `publish_errors`: totals).
     pub raw: LatencyRun,
-    /// Bus publish → handler start.
+    /// Bus publish → handler start, the same way.
     pub bus: LatencyRun,
-    /// What the raw run cost, from its first scheduled send until its last message was
-    /// consumed: how close to saturation the rate is.
+    /// What the raw runs cost, each from its first scheduled send until its last message was
+    /// consumed (how close to saturation the rate is): medians over the pairs.
     pub raw_costs: Costs,
-    /// The same for the bus run.
+    /// The same for the bus runs.
     pub bus_costs: Costs,
-    /// `bus.p50_ms − raw.p50_ms`.
+    /// `bus.p50_ms − raw.p50_ms` (of the medians).
     pub p50_delta_ms: f64,
-    /// `bus.p99_ms / raw.p99_ms`.
+    /// `bus.p99_ms / raw.p99_ms` (of the medians).
     pub p99_ratio: f64,
     /// Bar for `p50_delta_ms`.
     pub target_p50_delta_ms: f64,
@@ -341,6 +427,8 @@ pub struct LatencyComparison {
     pub target_p99_ratio: f64,
     /// Both bars met.
     pub meets_target: bool,
+    /// Every pair, in the order run.
+    pub pairs: Vec<LatencyPair>,
 }
 
 /// What the benchmark held fixed, recorded beside every number.
@@ -376,6 +464,8 @@ pub struct Settings {
     pub latency_share: f64,
     /// Latency run: rate cap, msg/s.
     pub latency_max_rate: f64,
+    /// Latency runs per side.
+    pub latency_runs: u32,
     /// The URL (password hidden), before the benchmark's own options.
     pub url: String,
     /// Worker threads of the async runtime.
@@ -500,22 +590,46 @@ impl Probe {
         }
     }
 
-    fn broker_cpu_ns(self) -> Option<u64> {
+    fn broker_sched(self) -> Option<Sched> {
         self.broker_pid
-            .map(|pid| threads_cpu_ns(&format!("/proc/{pid}/task")))
+            .map(|pid| Sched::of_threads(&format!("/proc/{pid}/task")))
     }
 }
 
-/// CPU time of every thread under `/proc/…/task` so far, ns (Linux; 0 elsewhere).
-fn threads_cpu_ns(tasks: &str) -> u64 {
-    let Ok(dir) = std::fs::read_dir(tasks) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| parse_schedstat(&s))
-        .map(|(run, _)| run)
-        .sum()
+/// Scheduler totals of a process's threads so far (Linux; zeros elsewhere).
+#[derive(Debug, Clone, Copy, Default)]
+struct Sched {
+    /// ns on a CPU.
+    cpu_ns: u64,
+    /// Times a thread was put on a CPU (each a wake-up or a return from preemption).
+    slices: u64,
+}
+
+impl Sched {
+    /// Sums `schedstat` (ns on CPU, ns waiting, timeslices) of every thread under
+    /// `/proc/…/task`.
+    fn of_threads(tasks: &str) -> Self {
+        let Ok(dir) = std::fs::read_dir(tasks) else {
+            return Sched::default();
+        };
+        dir.flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .fold(Sched::default(), |acc, line| {
+                let mut it = line.split_whitespace().map(|x| x.parse::<u64>().ok());
+                let (run, slices) = (it.next().flatten(), it.nth(1).flatten());
+                Sched {
+                    cpu_ns: acc.cpu_ns + run.unwrap_or(0),
+                    slices: acc.slices + slices.unwrap_or(0),
+                }
+            })
+    }
+
+    fn since(self, before: Sched) -> Sched {
+        Sched {
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            slices: self.slices.saturating_sub(before.slices),
+        }
+    }
 }
 
 /// `(busy, total)` jiffies of all CPUs from `/proc/stat`; `(0, 0)` elsewhere.
@@ -542,8 +656,8 @@ fn machine_jiffies() -> (u64, u64) {
 struct Timer {
     probe: Probe,
     start: Instant,
-    cpu: u64,
-    broker_cpu: Option<u64>,
+    sched: Sched,
+    broker_sched: Option<Sched>,
     jiffies: (u64, u64),
 }
 
@@ -551,8 +665,8 @@ impl Timer {
     fn start(probe: Probe) -> Self {
         Timer {
             probe,
-            cpu: threads_cpu_ns("/proc/self/task"),
-            broker_cpu: probe.broker_cpu_ns(),
+            sched: Sched::of_threads("/proc/self/task"),
+            broker_sched: probe.broker_sched(),
             jiffies: machine_jiffies(),
             start: Instant::now(),
         }
@@ -560,20 +674,22 @@ impl Timer {
 
     fn stop(self, n: u64) -> Phase {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let cpu = threads_cpu_ns("/proc/self/task").saturating_sub(self.cpu);
+        let own = Sched::of_threads("/proc/self/task").since(self.sched);
         let broker = self
             .probe
-            .broker_cpu_ns()
-            .zip(self.broker_cpu)
-            .map(|(after, before)| after.saturating_sub(before));
+            .broker_sched()
+            .zip(self.broker_sched)
+            .map(|(after, before)| after.since(before));
         let (busy, total) = machine_jiffies();
-        let per_msg = |ns: u64| ns as f64 / 1_000.0 / n.max(1) as f64;
+        let per_msg = |x: u64| x as f64 / n.max(1) as f64;
         Phase {
             messages: n,
             elapsed_s: elapsed,
             rate: n as f64 / elapsed.max(1e-9),
-            cpu_us_per_msg: per_msg(cpu),
-            broker_cpu_us_per_msg: broker.map(per_msg),
+            cpu_us_per_msg: per_msg(own.cpu_ns) / 1_000.0,
+            broker_cpu_us_per_msg: broker.map(|b| per_msg(b.cpu_ns) / 1_000.0),
+            slices_per_msg: per_msg(own.slices),
+            broker_slices_per_msg: broker.map(|b| per_msg(b.slices)),
             machine_busy_pct: 100.0
                 * ratio(
                     busy.saturating_sub(self.jiffies.0) as f64,
@@ -1847,11 +1963,7 @@ where
         "latency run: none of {total} messages was consumed"
     );
     let ms = |us: u64| us as f64 / 1_000.0;
-    let costs = Costs {
-        client_cpu_us_per_msg: phase.cpu_us_per_msg,
-        broker_cpu_us_per_msg: phase.broker_cpu_us_per_msg,
-        machine_busy_pct: phase.machine_busy_pct,
-    };
+    let costs = Costs::of(&phase);
     let run = LatencyRun {
         sent: total,
         received,
@@ -1888,18 +2000,9 @@ async fn consumer_outcome(
 
 fn medians(rounds: &[Round], pick: fn(&Round) -> Option<&Phase>) -> (f64, Vec<f64>, Costs) {
     let phases: Vec<&Phase> = rounds.iter().filter_map(pick).collect();
-    let of = |f: fn(&Phase) -> f64| median(&phases.iter().map(|p| f(p)).collect::<Vec<_>>());
     let rates: Vec<f64> = phases.iter().map(|p| p.rate).collect();
-    let broker: Vec<f64> = phases
-        .iter()
-        .filter_map(|p| p.broker_cpu_us_per_msg)
-        .collect();
-    let costs = Costs {
-        client_cpu_us_per_msg: of(|p| p.cpu_us_per_msg),
-        broker_cpu_us_per_msg: (!broker.is_empty()).then(|| median(&broker)),
-        machine_busy_pct: of(|p| p.machine_busy_pct),
-    };
-    (median(&rates), rates, costs)
+    let costs: Vec<Costs> = phases.iter().map(|p| Costs::of(p)).collect();
+    (median(&rates), rates, Costs::median(&costs))
 }
 
 fn compare(
@@ -2079,15 +2182,40 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             (rate, basis)
         }
     };
-    if !a.json {
-        eprintln!(
-            "latency: {} msg/s for {} s, raw then bus…",
-            thousands(rate),
-            a.seconds.as_secs_f64()
-        );
+    let mut pairs = Vec::new();
+    for pair in 1..=a.latency_runs {
+        let raw_first = pair % 2 == 1;
+        if !a.json {
+            eprintln!(
+                "latency pair {pair} of {}: {} msg/s for {} s, {}…",
+                a.latency_runs,
+                thousands(rate),
+                a.seconds.as_secs_f64(),
+                if raw_first {
+                    "raw then bus"
+                } else {
+                    "bus then raw"
+                }
+            );
+        }
+        let ((raw, raw_costs), (bus, bus_costs)) = if raw_first {
+            let raw = bench.raw_latency(rate, a.seconds).await?;
+            (raw, bench.bus_latency(rate, a.seconds).await?)
+        } else {
+            let bus = bench.bus_latency(rate, a.seconds).await?;
+            (bench.raw_latency(rate, a.seconds).await?, bus)
+        };
+        pairs.push(LatencyPair {
+            pair,
+            order: if raw_first { "raw-first" } else { "bus-first" },
+            p50_delta_ms: bus.p50_ms - raw.p50_ms,
+            p99_ratio: ratio(bus.p99_ms, raw.p99_ms),
+            raw,
+            bus,
+            raw_costs,
+            bus_costs,
+        });
     }
-    let (raw_lat, raw_lat_costs) = bench.raw_latency(rate, a.seconds).await?;
-    let (bus_lat, bus_lat_costs) = bench.bus_latency(rate, a.seconds).await?;
 
     let (raw_pub_path, raw_con_path, bus_con_path) = match broker {
         Broker::Nats => (
@@ -2163,6 +2291,8 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         consume.bus,
         "raw consume with plain (unconfirmed) acks",
     );
+    let raw_lat = median_run(pairs.iter().map(|p| &p.raw));
+    let bus_lat = median_run(pairs.iter().map(|p| &p.bus));
     let p50_delta_ms = bus_lat.p50_ms - raw_lat.p50_ms;
     let p99_ratio = ratio(bus_lat.p99_ms, raw_lat.p99_ms);
     let latency = LatencyComparison {
@@ -2173,12 +2303,13 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         meets_target: p50_delta_ms <= TARGET_P50_DELTA_MS && p99_ratio <= TARGET_P99_RATIO,
         raw: raw_lat,
         bus: bus_lat,
-        raw_costs: raw_lat_costs,
-        bus_costs: bus_lat_costs,
+        raw_costs: Costs::median(pairs.iter().map(|p| &p.raw_costs)),
+        bus_costs: Costs::median(pairs.iter().map(|p| &p.bus_costs)),
         p50_delta_ms,
         p99_ratio,
         target_p50_delta_ms: TARGET_P50_DELTA_MS,
         target_p99_ratio: TARGET_P99_RATIO,
+        pairs,
     };
     let mut notes = vec![ack_vs_fsync.clone()];
     let anomalies: u64 = rounds.iter().map(|r| r.bus_anomalies).sum();
@@ -2210,6 +2341,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             ack_policy,
             latency_share: a.latency_share,
             latency_max_rate: a.latency_max_rate,
+            latency_runs: a.latency_runs,
             url: redact(&a.url),
             runtime_workers: tokio::runtime::Handle::current().metrics().num_workers(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -2222,6 +2354,23 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         notes,
         rounds,
     })
+}
+
+/// Header of [`cost_columns`].
+const COST_HEADER: &str =
+    "   CPU µs/msg: client  broker   on CPU/msg: client  broker   machine busy";
+
+/// A phase's costs as table columns.
+fn cost_columns(c: &Costs) -> String {
+    let opt = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |b| format!("{b:.1}"));
+    format!(
+        "{:>20.1}{:>8}{:>20.1}{:>8}{:>14.0} %",
+        c.client_cpu_us_per_msg,
+        opt(c.broker_cpu_us_per_msg),
+        c.slices_per_msg,
+        opt(c.broker_slices_per_msg),
+        c.machine_busy_pct
+    )
 }
 
 /// The human table.
@@ -2262,27 +2411,13 @@ pub fn table(r: &TransportReport) -> String {
     for i in 1..=s.runs {
         let _ = write!(o, "{:>10}", format!("round {i}"));
     }
-    let _ = writeln!(
-        o,
-        "{:>10}   CPU µs/msg: client  broker   machine busy",
-        "median"
-    );
+    let _ = writeln!(o, "{:>10}{COST_HEADER}", "median");
     let row = |o: &mut String, name: &str, xs: &[f64], med: f64, c: &Costs| {
         let _ = write!(o, "{name:<width$}");
         for x in xs {
             let _ = write!(o, "{:>10}", thousands(*x));
         }
-        let broker = c
-            .broker_cpu_us_per_msg
-            .map_or_else(|| "-".to_owned(), |b| format!("{b:.1}"));
-        let _ = writeln!(
-            o,
-            "{:>10}{:>20.1}{:>8}{:>14.0} %",
-            thousands(med),
-            c.client_cpu_us_per_msg,
-            broker,
-            c.machine_busy_pct
-        );
+        let _ = writeln!(o, "{:>10}{}", thousands(med), cost_columns(c));
     };
     let p = &r.publish;
     row(
@@ -2372,37 +2507,50 @@ pub fn table(r: &TransportReport) -> String {
     let _ = writeln!(
         o,
         "R5 latency: open loop at {} msg/s ({}) for {} s each, intended send → consumer (raw) \
-         / handler start (bus)",
+         / handler start (bus); medians of {} pairs",
         thousands(l.rate),
         l.rate_basis,
-        l.seconds
+        l.seconds,
+        l.pairs.len()
     );
     let _ = writeln!(
         o,
-        "{:<8}{:>10}{:>10}{:>10}{:>10}   {:>8}  schedule lag   CPU µs/msg: client  broker   machine busy",
+        "{:<8}{:>10}{:>10}{:>10}{:>10}   {:>14}  schedule lag{COST_HEADER}",
         "ms", "p50", "p99", "p99.9", "max", "handled"
     );
     for (name, x, c) in [("raw", &l.raw, &l.raw_costs), ("bus", &l.bus, &l.bus_costs)] {
-        let broker = c
-            .broker_cpu_us_per_msg
-            .map_or_else(|| "-".to_owned(), |b| format!("{b:.1}"));
         let _ = writeln!(
             o,
-            "{name:<8}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {:>8}  {:>9.2} ms{:>20.1}{:>8}{:>14.0} %{}",
+            "{name:<8}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {:>14}  {:>9.2} ms{}{}",
             x.p50_ms,
             x.p99_ms,
             x.p999_ms,
             x.max_ms,
             format!("{}/{}", x.received, x.sent),
             x.max_schedule_lag_ms,
-            c.client_cpu_us_per_msg,
-            broker,
-            c.machine_busy_pct,
+            cost_columns(c),
             if x.publish_errors > 0 {
                 format!(", {} publish errors", x.publish_errors)
             } else {
                 String::new()
             }
+        );
+    }
+    for x in &l.pairs {
+        let _ = writeln!(
+            o,
+            "  pair {} ({}): p50 raw {:.3} / bus {:.3} ms ({:+.3}), p99 raw {:.3} / bus {:.3} ms \
+             ({:.2}x), machine busy {:.0} / {:.0} %",
+            x.pair,
+            x.order,
+            x.raw.p50_ms,
+            x.bus.p50_ms,
+            x.p50_delta_ms,
+            x.raw.p99_ms,
+            x.bus.p99_ms,
+            x.p99_ratio,
+            x.raw_costs.machine_busy_pct,
+            x.bus_costs.machine_busy_pct
         );
     }
     let _ = writeln!(
