@@ -34,6 +34,10 @@ fn assert_ratio(c: &Value, what: &str) {
     }
 }
 
+fn rounds_of(v: &Value) -> &Vec<Value> {
+    v["rounds"].as_array().unwrap()
+}
+
 /// Runs the benchmark on `url`.
 fn bench(url: &str) -> Value {
     let yard = env!("CARGO_BIN_EXE_yard");
@@ -84,6 +88,11 @@ fn check(v: &Value, broker: &str) {
         (p99_ratio - num(&l["bus"], "p99_ms") / num(&l["raw"], "p99_ms")).abs() <= 1e-9,
         "{l}"
     );
+    // The raw maximum is the measured end-to-end rate (one round here).
+    let e2e = num(&rounds_of(v)[0]["raw_end_to_end"], "rate");
+    assert_eq!(num(l, "raw_max_rate"), e2e, "{l}");
+    assert_eq!(l["raw_end_to_end_runs"][0].as_f64(), Some(e2e), "{l}");
+    assert!(num(l, "raw_max_rate_estimate") > 0.0, "{l}");
     // Three pairs (the default), the order alternating, each side's figures their medians.
     let pairs = l["pairs"].as_array().unwrap();
     assert_eq!(pairs.len(), 3, "{l}");
@@ -129,7 +138,7 @@ fn check(v: &Value, broker: &str) {
     assert!(!s["durability"].as_str().unwrap().is_empty());
     assert!(!s["ack_vs_fsync"].as_str().unwrap().is_empty());
 
-    let rounds = v["rounds"].as_array().unwrap();
+    let rounds = rounds_of(v);
     assert_eq!(rounds.len(), 1);
     assert_eq!(rounds[0]["bus_anomalies"], 0);
     for phase in [
@@ -139,6 +148,7 @@ fn check(v: &Value, broker: &str) {
         "bus_publish",
         "bus_publish_sequential",
         "bus_consume",
+        "raw_end_to_end",
     ] {
         assert_eq!(rounds[0][phase]["messages"], MESSAGES, "{phase}");
     }

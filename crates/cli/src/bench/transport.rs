@@ -37,10 +37,12 @@
 //!   `--latency-max-rate`, 20k/s) for `--seconds`, the same rate for both sides, in
 //!   `--latency-runs` (3) pairs of one raw and one bus run, the raw side first in odd pairs and
 //!   the bus first in even ones; R5 compares the medians of each side's p50 and p99. The raw maximum
-//!   end-to-end rate is what the raw client sustains publishing and consuming at once on the
-//!   same machine and broker, 1 / (1/P + 1/C) of the median raw publish (P) and consume (C)
-//!   rates; half the publish rate alone would saturate the pipeline (on a 2-core machine the
-//!   raw side queued for over a second) and measure queueing, not latency. A dedicated thread
+//!   end-to-end rate is measured in every round: the raw consumer runs while the raw publisher
+//!   publishes N messages (same window, headers and ack policy), the clock stopping when the last
+//!   one is acknowledged; R5 takes the median. (Earlier versions estimated it as
+//!   1 / (1/P + 1/C) of the publish and consume rates measured apart, still reported for
+//!   reference; half the publish rate alone would saturate the pipeline and measure queueing,
+//!   not latency.) A dedicated thread
 //!   keeps the schedule and hands each publish to the runtime as its own task, each side with
 //!   at most `window` publishes awaiting their confirmation (the bus: the transport's window;
 //!   raw: a semaphore of the same size), so a slow confirmation delays later sends alike; the *intended*
@@ -142,7 +144,7 @@ pub struct TransportArgs {
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
     /// Latency run: its rate as a share of the raw maximum rate, i.e. of what the raw client
-    /// sustains publishing and consuming at once: 1 / (1/publish + 1/consume) of the medians.
+    /// sustains publishing and consuming at once (measured in every round; the median).
     #[arg(long, default_value_t = 0.5)]
     pub latency_share: f64,
     /// Latency run: this rate (msg/s) instead of the share of the raw maximum.
@@ -220,6 +222,15 @@ pub struct Phase {
     pub machine_busy_pct: f64,
 }
 
+/// The raw phases of one round (see [`Round`]).
+struct RawPhases {
+    publish_bare: Phase,
+    publish: Phase,
+    consume: Phase,
+    consume_plain_acks: Option<Phase>,
+    end_to_end: Phase,
+}
+
 /// Everything measured in one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
@@ -235,6 +246,9 @@ pub struct Round {
     pub raw_consume: Phase,
     /// Raw consume with plain (unconfirmed) acks, when the transport confirms its acks.
     pub raw_consume_plain_acks: Option<Phase>,
+    /// Raw publish and consume at once: the consumer runs while the backlog is published, the
+    /// clock stopping when the last message is acknowledged (R5's raw maximum rate).
+    pub raw_end_to_end: Phase,
     /// The pipelined publisher, `pipeline` batches on their way.
     pub bus_publish: Phase,
     /// Sequential `Bus::publish_batch` calls from one caller (reference).
@@ -399,10 +413,17 @@ fn median_run<'a>(runs: impl IntoIterator<Item = &'a LatencyRun>) -> LatencyRun 
 pub struct LatencyComparison {
     /// Messages per second, both sides.
     pub rate: f64,
-    /// The raw maximum rate the latency rate derives from: the median raw publish rate P and
-    /// consume rate C combined as 1 / (1/P + 1/C), since publishing and consuming share the
-    /// machine and the broker in an end-to-end run.
+    /// The raw maximum rate the latency rate derives from: the median rate of the rounds' raw
+    /// end-to-end phases (publishing and consuming at once, the same window, until the last
+    /// message is acknowledged).
     pub raw_max_rate: f64,
+    /// The raw end-to-end rate of each round.
+    pub raw_end_to_end_runs: Vec<f64>,
+    /// What the raw end-to-end phases cost (medians).
+    pub raw_end_to_end_costs: Costs,
+    /// For reference, the estimate earlier versions used instead of measuring: the median raw
+    /// publish rate P and consume rate C combined as 1 / (1/P + 1/C).
+    pub raw_max_rate_estimate: f64,
     /// How the rate was chosen.
     pub rate_basis: String,
     /// Seconds of publishing, each side and run.
@@ -1432,11 +1453,12 @@ impl Bench {
     }
 
     /// The raw phases of one round: publish without headers, publish with them, consume.
-    async fn raw_round(&self, name: &str) -> anyhow::Result<(Phase, Phase, Phase, Option<Phase>)> {
+    async fn raw_round(&self, name: &str) -> anyhow::Result<RawPhases> {
         let n = self.messages;
         let window = self.window();
         let body = self.material.body.clone();
         let noop: OnBody = Arc::new(|_| {});
+        let e2e = format!("{name}-e2e");
         match &self.raw {
             Raw::Nats(raw) => {
                 let bare = format!("{name}-bare");
@@ -1451,19 +1473,44 @@ impl Bench {
                 raw.delete_stream(&bare).await;
                 let bare_phase = bare_phase?;
 
+                let base = nats_headers(&self.material.props);
+                let make = || {
+                    let id = EventId::generate();
+                    let mut h = base.clone();
+                    h.insert(prop_names::EVENT_ID, id.as_str());
+                    h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                    PublishMessage::build().payload(body.clone()).headers(h)
+                };
+
+                // End to end: the consumer runs while the backlog is published.
+                raw.create_stream(&e2e).await?;
+                let end_to_end = async {
+                    let c = raw.create_consumer(&e2e, "e2e").await?;
+                    let timer = Timer::start(raw.probe);
+                    let consume = tokio::spawn(nats_consume(
+                        raw.client.clone(),
+                        c,
+                        n,
+                        window,
+                        self.confirm_acks,
+                        noop.clone(),
+                        raw.probe,
+                    ));
+                    let subject = format!("{e2e}.t.{EVENT_TYPE}.bench.{EVENT_TYPE}");
+                    let published = raw.publish(&subject, n, window, make).await;
+                    let consumed = consume.await;
+                    published?;
+                    consumed??;
+                    anyhow::Ok(timer.stop(n))
+                }
+                .await;
+                raw.delete_stream(&e2e).await;
+                let end_to_end = end_to_end?;
+
                 raw.create_stream(name).await?;
                 let result = async {
                     let subject = format!("{name}.t.{EVENT_TYPE}.bench.{EVENT_TYPE}");
-                    let base = nats_headers(&self.material.props);
-                    let publish = raw
-                        .publish(&subject, n, window, || {
-                            let id = EventId::generate();
-                            let mut h = base.clone();
-                            h.insert(prop_names::EVENT_ID, id.as_str());
-                            h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                            PublishMessage::build().payload(body.clone()).headers(h)
-                        })
-                        .await?;
+                    let publish = raw.publish(&subject, n, window, make).await?;
                     let c = raw.create_consumer(name, "policy").await?;
                     let consume = nats_consume(
                         raw.client.clone(),
@@ -1484,7 +1531,13 @@ impl Bench {
                     } else {
                         None
                     };
-                    anyhow::Ok((bare_phase, publish, consume, plain))
+                    anyhow::Ok(RawPhases {
+                        publish_bare: bare_phase,
+                        publish,
+                        consume,
+                        consume_plain_acks: plain,
+                        end_to_end,
+                    })
                 }
                 .await;
                 raw.delete_stream(name).await;
@@ -1502,27 +1555,57 @@ impl Bench {
                     .await;
                 let bare_phase = bare_phase?;
 
+                let base = amqp_headers(&self.material.props, now_ms());
+                let make = || {
+                    let id = EventId::generate();
+                    let now = now_ms();
+                    let mut t = base.clone();
+                    t.insert(
+                        prop_names::EVENT_ID.into(),
+                        AMQPValue::LongString(LongString::from(id.as_str().as_bytes())),
+                    );
+                    t.insert(AMQP_ENQUEUED_AT.into(), AMQPValue::LongLongInt(now));
+                    amqp_properties(t, id.as_str(), now)
+                };
+                let prefetch = u16::try_from(self.window).unwrap_or(u16::MAX);
+
+                // End to end: the consumer runs while the backlog is published.
+                raw.declare(&e2e).await?;
+                let end_to_end = async {
+                    let ch = raw.conn.create_channel().await?;
+                    let timer = Timer::start(raw.probe);
+                    let consume = tokio::spawn(amqp_consume(
+                        ch,
+                        e2e.clone(),
+                        n,
+                        prefetch,
+                        noop.clone(),
+                        raw.probe,
+                    ));
+                    let published = raw.publish(&e2e, n, window, &body, make).await;
+                    let consumed = consume.await;
+                    published?;
+                    consumed??;
+                    anyhow::Ok(timer.stop(n))
+                }
+                .await;
+                raw.delete(std::slice::from_ref(&e2e), std::slice::from_ref(&e2e))
+                    .await;
+                let end_to_end = end_to_end?;
+
                 raw.declare(name).await?;
                 let result = async {
-                    let base = amqp_headers(&self.material.props, now_ms());
-                    let publish = raw
-                        .publish(name, n, window, &body, || {
-                            let id = EventId::generate();
-                            let now = now_ms();
-                            let mut t = base.clone();
-                            t.insert(
-                                prop_names::EVENT_ID.into(),
-                                AMQPValue::LongString(LongString::from(id.as_str().as_bytes())),
-                            );
-                            t.insert(AMQP_ENQUEUED_AT.into(), AMQPValue::LongLongInt(now));
-                            amqp_properties(t, id.as_str(), now)
-                        })
-                        .await?;
+                    let publish = raw.publish(name, n, window, &body, make).await?;
                     let ch = raw.conn.create_channel().await?;
-                    let prefetch = u16::try_from(self.window).unwrap_or(u16::MAX);
                     let consume =
                         amqp_consume(ch, name.to_owned(), n, prefetch, noop, raw.probe).await?;
-                    anyhow::Ok((bare_phase, publish, consume, None))
+                    anyhow::Ok(RawPhases {
+                        publish_bare: bare_phase,
+                        publish,
+                        consume,
+                        consume_plain_acks: None,
+                        end_to_end,
+                    })
                 }
                 .await;
                 let owned = name.to_owned();
@@ -1657,15 +1740,15 @@ impl Bench {
             let bus = self.bus_round(&bus_prefix).await?;
             (self.raw_round(&raw_name).await?, bus)
         };
-        let (raw_publish_bare, raw_publish, raw_consume, raw_consume_plain_acks) = raw;
         let (bus_publish, bus_consume, bus_anomalies, bus_publish_sequential) = bus;
         Ok(Round {
             round,
             order: if raw_first { "raw-first" } else { "bus-first" },
-            raw_publish_bare,
-            raw_publish,
-            raw_consume,
-            raw_consume_plain_acks,
+            raw_publish_bare: raw.publish_bare,
+            raw_publish: raw.publish,
+            raw_consume: raw.consume,
+            raw_consume_plain_acks: raw.consume_plain_acks,
+            raw_end_to_end: raw.end_to_end,
             bus_publish,
             bus_publish_sequential,
             bus_consume,
@@ -2157,7 +2240,9 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             .map(|r| r.raw_consume.rate)
             .collect::<Vec<_>>(),
     );
-    let raw_max_rate = 1.0 / (1.0 / raw_publish.max(1e-9) + 1.0 / raw_consume.max(1e-9));
+    let raw_max_rate_estimate = 1.0 / (1.0 / raw_publish.max(1e-9) + 1.0 / raw_consume.max(1e-9));
+    let (raw_max_rate, raw_end_to_end_runs, raw_end_to_end_costs) =
+        medians(&rounds, |r| Some(&r.raw_end_to_end));
     let (rate, rate_basis) = match a.latency_rate {
         Some(r) => {
             ensure!(r.is_finite() && r > 0.0, "--latency-rate must be positive");
@@ -2167,12 +2252,13 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             let wanted = raw_max_rate * a.latency_share;
             let rate = wanted.min(a.latency_max_rate).max(1.0);
             let basis = format!(
-                "{:.0} % of the raw maximum {} msg/s (publish {} and consume {} at once: \
-                 1/(1/P + 1/C)){}",
+                "{:.0} % of the raw maximum {} msg/s (raw publish and consume at once, \
+                 measured; estimate from publish {} and consume {} alone, 1/(1/P + 1/C): {}){}",
                 a.latency_share * 100.0,
                 thousands(raw_max_rate),
                 thousands(raw_publish),
                 thousands(raw_consume),
+                thousands(raw_max_rate_estimate),
                 if wanted > a.latency_max_rate {
                     format!(", capped at {}", thousands(a.latency_max_rate))
                 } else {
@@ -2298,6 +2384,9 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
     let latency = LatencyComparison {
         rate,
         raw_max_rate,
+        raw_end_to_end_runs,
+        raw_end_to_end_costs,
+        raw_max_rate_estimate,
         rate_basis,
         seconds: a.seconds.as_secs_f64(),
         meets_target: p50_delta_ms <= TARGET_P50_DELTA_MS && p99_ratio <= TARGET_P99_RATIO,
@@ -2476,6 +2565,14 @@ pub fn table(r: &TransportReport) -> String {
         c.bus,
         &c.bus_costs,
     );
+    let l = &r.latency;
+    row(
+        &mut o,
+        "R5 basis: raw publish + consume at once",
+        &l.raw_end_to_end_runs,
+        l.raw_max_rate,
+        &l.raw_end_to_end_costs,
+    );
     let _ = writeln!(o);
     let mark = |ok: bool| if ok { "ok" } else { "BELOW TARGET" };
     let _ = writeln!(
@@ -2503,7 +2600,6 @@ pub fn table(r: &TransportReport) -> String {
     if let Some(x) = &c.reference {
         let _ = writeln!(o, "  (bus consume / {}: {:.3})", x.what, x.bus_ratio);
     }
-    let l = &r.latency;
     let _ = writeln!(
         o,
         "R5 latency: open loop at {} msg/s ({}) for {} s each, intended send → consumer (raw) \
