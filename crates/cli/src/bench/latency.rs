@@ -55,6 +55,12 @@ pub struct LatencyRun {
     pub mean_ms: f64,
     /// How late the schedule thread was, at worst (its own lag, included in the latencies).
     pub max_schedule_lag_ms: f64,
+    /// Intended send → publish confirmed by the broker, median, where measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_p50_ms: Option<f64>,
+    /// The same, 99th percentile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_p99_ms: Option<f64>,
 }
 
 struct Recorder {
@@ -237,5 +243,7 @@ async fn drive(
         max_ms: ms(h.max()),
         mean_ms: h.mean() / 1_000.0,
         max_schedule_lag_ms: max_lag.as_secs_f64() * 1_000.0,
+        confirm_p50_ms: None,
+        confirm_p99_ms: None,
     })
 }

@@ -405,6 +405,8 @@ fn median_run<'a>(runs: impl IntoIterator<Item = &'a LatencyRun>) -> LatencyRun 
         max_ms: of(|r| r.max_ms),
         mean_ms: of(|r| r.mean_ms),
         max_schedule_lag_ms: of(|r| r.max_schedule_lag_ms),
+        confirm_p50_ms: median_by(&runs, |r| r.confirm_p50_ms),
+        confirm_p99_ms: median_by(&runs, |r| r.confirm_p99_ms),
     }
 }
 
@@ -1935,12 +1937,26 @@ struct Recorder {
 
 impl Recorder {
     fn new() -> anyhow::Result<Arc<Self>> {
+        Self::new_at(Instant::now())
+    }
+
+    /// A recorder whose times count from `origin`.
+    fn new_at(origin: Instant) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Recorder {
-            origin: Instant::now(),
+            origin,
             hist: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
             seen: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
         }))
+    }
+
+    /// A copy of the histogram so far.
+    fn histogram(&self) -> anyhow::Result<Histogram<u64>> {
+        Ok(self
+            .hist
+            .lock()
+            .map_err(|_| anyhow!("latency histogram lock poisoned"))?
+            .clone())
     }
 
     fn now_ns(&self) -> u64 {
@@ -1996,6 +2012,9 @@ where
     let timer = Timer::start(probe);
     let handle = tokio::runtime::Handle::current();
     let (origin, thread_errors) = (rec.origin, errors.clone());
+    // Intended send → confirmed by the broker, to tell publish-side queueing from the consumer's.
+    let confirms = Recorder::new_at(rec.origin)?;
+    let thread_confirms = confirms.clone();
     let schedule = std::thread::Builder::new()
         .name("yard-bench-schedule".into())
         .spawn(move || {
@@ -2010,13 +2029,17 @@ where
                 } else {
                     max_lag = max_lag.max(now - due);
                 }
-                let fut = send(Some(u64::try_from(due.as_nanos()).unwrap_or(u64::MAX)));
-                let errors = thread_errors.clone();
+                let intended = u64::try_from(due.as_nanos()).unwrap_or(u64::MAX);
+                let fut = send(Some(intended));
+                let (errors, confirms) = (thread_errors.clone(), thread_confirms.clone());
                 handle.spawn(async move {
-                    if let Err(e) = fut.await
-                        && errors.fetch_add(1, Ordering::Relaxed) == 0
-                    {
-                        tracing::warn!("bench: latency publish failed: {e:#}");
+                    match fut.await {
+                        Ok(()) => confirms.record(Some(intended)),
+                        Err(e) => {
+                            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                tracing::warn!("bench: latency publish failed: {e:#}");
+                            }
+                        }
                     }
                 });
             }
@@ -2035,11 +2058,8 @@ where
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let phase = timer.stop(total);
-    let h = rec
-        .hist
-        .lock()
-        .map_err(|_| anyhow!("latency histogram lock poisoned"))?
-        .clone();
+    let h = rec.histogram()?;
+    let confirmed = confirms.histogram()?;
     let received = rec.recorded.load(Ordering::Acquire);
     ensure!(
         received > 0,
@@ -2057,6 +2077,8 @@ where
         max_ms: ms(h.max()),
         mean_ms: h.mean() / 1_000.0,
         max_schedule_lag_ms: max_lag.as_secs_f64() * 1_000.0,
+        confirm_p50_ms: (!confirmed.is_empty()).then(|| ms(confirmed.value_at_quantile(0.50))),
+        confirm_p99_ms: (!confirmed.is_empty()).then(|| ms(confirmed.value_at_quantile(0.99))),
     };
     Ok((run, costs))
 }
@@ -2445,6 +2467,11 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
     })
 }
 
+/// Milliseconds with three decimals, `-` when not measured.
+fn opt_ms(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+}
+
 /// Header of [`cost_columns`].
 const COST_HEADER: &str =
     "   CPU µs/msg: client  broker   on CPU/msg: client  broker   machine busy";
@@ -2636,7 +2663,8 @@ pub fn table(r: &TransportReport) -> String {
         let _ = writeln!(
             o,
             "  pair {} ({}): p50 raw {:.3} / bus {:.3} ms ({:+.3}), p99 raw {:.3} / bus {:.3} ms \
-             ({:.2}x), machine busy {:.0} / {:.0} %",
+             ({:.2}x), machine busy {:.0} / {:.0} %; publish confirmed p50 raw {} / bus {}, p99 \
+             raw {} / bus {} ms",
             x.pair,
             x.order,
             x.raw.p50_ms,
@@ -2646,7 +2674,11 @@ pub fn table(r: &TransportReport) -> String {
             x.bus.p99_ms,
             x.p99_ratio,
             x.raw_costs.machine_busy_pct,
-            x.bus_costs.machine_busy_pct
+            x.bus_costs.machine_busy_pct,
+            opt_ms(x.raw.confirm_p50_ms),
+            opt_ms(x.bus.confirm_p50_ms),
+            opt_ms(x.raw.confirm_p99_ms),
+            opt_ms(x.bus.confirm_p99_ms)
         );
     }
     let _ = writeln!(
