@@ -106,7 +106,10 @@ fn check(v: &Value, broker: &str) {
             assert_eq!(pair[side]["received"], pair[side]["sent"], "{pair}");
             let x = &pair[side];
             let (c50, c99) = (num(x, "confirm_p50_ms"), num(x, "confirm_p99_ms"));
-            assert!(0.0 < c50 && c50 <= c99, "publish confirmed, intended → ack: {pair}");
+            assert!(
+                0.0 < c50 && c50 <= c99,
+                "publish confirmed, intended → ack: {pair}"
+            );
             let slices = num(&pair[format!("{side}_costs")], "slices_per_msg");
             assert!(slices > 0.0, "a run is on a CPU at least once: {pair}");
         }
