@@ -318,16 +318,21 @@ impl Envelope {
 
     /// Parses and validates an envelope; the error names the first field at fault.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        if let Err(e) = std::str::from_utf8(bytes) {
-            return Err(EnvelopeError::InvalidUtf8 {
-                offset: e.valid_up_to(),
-            });
-        }
-        let raw: RawEnvelope = match serde_json::from_slice(bytes) {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                return Err(EnvelopeError::InvalidUtf8 {
+                    offset: e.valid_up_to(),
+                });
+            }
+        };
+        // From the validated text: serde_json then skips validating every string's UTF-8
+        // again, as it must for bytes.
+        let raw: RawEnvelope = match serde_json::from_str(text) {
             Ok(raw) => raw,
             Err(_) => {
                 // Slow path, only on failure: re-parse to learn the path of the bad field.
-                let de = &mut serde_json::Deserializer::from_slice(bytes);
+                let de = &mut serde_json::Deserializer::from_str(text);
                 let err = serde_path_to_error::deserialize::<_, RawEnvelope>(de)
                     .err()
                     .map(|e| {

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use eventyard_core::{
-    CorrelationId, Envelope, EventId, EventType, ModuleId, ProjectId, TenantId, TraceId,
+    CorrelationId, Envelope, EnvelopeError, EventId, EventType, ModuleId, ProjectId, TenantId,
+    TraceId,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -190,4 +191,39 @@ fn properties_carry_every_field_and_header() {
     assert_eq!(p.len(), 7);
     assert_eq!(p.get(names::CAUSATION_ID), None);
     assert_eq!(p.get_str(names::MESSAGE_KIND), Some("event"));
+}
+
+/// `from_json` checks the bytes are UTF-8 before parsing them as text: a bad byte anywhere (in a
+/// string value, a key, between tokens) is `InvalidUtf8` at its offset, never a JSON error, and
+/// non-ASCII text and escapes still read back exactly.
+#[test]
+fn invalid_utf8_is_reported_at_its_offset() {
+    let env = base(json!({ "text": "ünïcödé 🦀 \u{2028} \"q\" \\ \n" }))
+        .with_header("note", "grüße \u{1f}");
+    let json = env.to_json();
+    assert_eq!(Envelope::from_json(&json).unwrap(), env);
+    let text = String::from_utf8(json.clone()).unwrap();
+    for marker in ["ünïcödé", "grüße", "\"payload\"", "{\"eventId\""] {
+        let at = text.find(marker).unwrap();
+        for bad in [
+            &[0xff_u8][..],
+            &[0xc3],
+            &[0xed, 0xa0, 0x80],
+            &[0xf0, 0x9f, 0xa6],
+        ] {
+            let mut bytes = json.clone();
+            bytes.splice(at..at, bad.iter().copied());
+            match Envelope::from_json(&bytes) {
+                Err(EnvelopeError::InvalidUtf8 { offset }) => {
+                    assert_eq!(offset, at, "{marker} {bad:x?}")
+                }
+                other => panic!("{marker} {bad:x?}: {other:?}"),
+            }
+        }
+    }
+    // Valid UTF-8 that is not JSON stays a JSON error.
+    assert!(matches!(
+        Envelope::from_json("{\"eventId\": ü}".as_bytes()),
+        Err(EnvelopeError::Json { .. })
+    ));
 }

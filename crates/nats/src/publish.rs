@@ -252,7 +252,12 @@ async fn send(shared: &Shared, p: Prepared) -> Result<PublishAckFuture, Failure>
 /// its first poll (right after its send), so an outage costs one timeout, not one per message.
 /// A permit is released as soon as its acknowledgement (or failure) is in, so one caller's tail
 /// leaves room for the others.
-pub(crate) async fn send_all(shared: &Shared, prepared: Vec<Prepared>) -> Outcome {
+pub(crate) async fn send_all(shared: &Shared, mut prepared: Vec<Prepared>) -> Outcome {
+    if prepared.len() == 1
+        && let Some(p) = prepared.pop()
+    {
+        return send_one(shared, p).await;
+    }
     let mut in_flight = FuturesUnordered::new();
     let mut no_stream = false;
     let mut failure: Option<TransportError> = None;
@@ -307,6 +312,41 @@ pub(crate) async fn send_all(shared: &Shared, prepared: Vec<Prepared>) -> Outcom
     while let Some(result) = in_flight.next().await {
         record(result);
     }
+    outcome(shared, failure, no_stream)
+}
+
+/// [`send_all`] of a single message (a publish of one message, as when streaming): the same
+/// steps (a window permit, the send, the acknowledgement, the permit released once it is in),
+/// without a `FuturesUnordered` to allocate and poll the acknowledgement through.
+async fn send_one(shared: &Shared, p: Prepared) -> Outcome {
+    let permit = match Arc::clone(&shared.window).try_acquire_owned() {
+        Ok(permit) => Ok(permit),
+        Err(TryAcquireError::Closed) => Err(()), // never closed
+        Err(TryAcquireError::NoPermits) => Arc::clone(&shared.window)
+            .acquire_owned()
+            .await
+            .map_err(drop),
+    };
+    let result = match permit {
+        Err(()) => Ok(()),
+        Ok(permit) => match send(shared, p).await {
+            Ok(ack) => {
+                let result = ack.into_future().await.map(drop).map_err(|e| classify(&e));
+                drop(permit);
+                result
+            }
+            Err(failure) => Err(failure),
+        },
+    };
+    match result {
+        Ok(()) => outcome(shared, None, false),
+        Err(Failure::NoStream) => outcome(shared, None, true),
+        Err(Failure::Error(e)) => outcome(shared, Some(e), false),
+    }
+}
+
+/// The outcome of a [`send_all`]: its first failure, else closed, else no stream, else success.
+fn outcome(shared: &Shared, failure: Option<TransportError>, no_stream: bool) -> Outcome {
     if let Some(e) = failure {
         Outcome::Failed(e)
     } else if shared.is_closed() {

@@ -229,8 +229,16 @@ pub(crate) async fn run(
             let settling = settling.clone();
             tasks.spawn(async move {
                 let (spec, settling) = (&spec, &settling);
+                let mut chunk = chunk.into_iter();
+                if chunk.len() == 1 {
+                    // One delivery (streaming: messages arriving one at a time): run it
+                    // directly, without a `FuturesUnordered` to allocate and poll through.
+                    if let Some((delivery, permit)) = chunk.next() {
+                        process(spec, delivery, permit, settling).await;
+                    }
+                    return;
+                }
                 let mut running: FuturesUnordered<_> = chunk
-                    .into_iter()
                     .map(|(delivery, permit)| process(spec, delivery, permit, settling))
                     .collect();
                 while running.next().await.is_some() {}

@@ -814,7 +814,7 @@ const NATS_TYPE_HEADER: &str = "Eventyard-Type";
 
 /// The headers the NATS transport sends for `props` (plain headers, types listed in
 /// `Eventyard-Type`, `Nats-Msg-Id` = the event id).
-fn nats_headers(props: &Properties) -> async_nats::HeaderMap {
+pub fn nats_headers(props: &Properties) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     for (name, value) in props.iter() {
         let (code, text) = match value {
@@ -905,6 +905,44 @@ struct RawNats {
     probe: Probe,
 }
 
+/// The raw side's stream `name` on subjects `name.>` (`STREAM.CREATE.<name>`), configured as
+/// the transport's topic streams (limits retention, one replica, two-minute duplicate window).
+pub fn raw_stream_config(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "subjects": [format!("{name}.>")],
+        "retention": "limits",
+        "storage": "file",
+        "discard": "old",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msgs_per_subject": -1,
+        "max_msg_size": -1,
+        "num_replicas": 1,
+        "duplicate_window": 120_000_000_000_u64,
+    })
+}
+
+/// The raw side's durable pull consumer `durable` on `stream`
+/// (`CONSUMER.DURABLE.CREATE.<stream>.<durable>`, the 2.9 API), configured as the transport's:
+/// explicit acks, 30 s ack wait, unlimited deliveries and pending acks.
+pub fn raw_consumer_request(stream: &str, durable: &str) -> serde_json::Value {
+    serde_json::json!({
+        "stream_name": stream,
+        "config": {
+            "durable_name": durable,
+            "deliver_policy": "all",
+            "ack_policy": "explicit",
+            "ack_wait": u64::try_from(ACK_WAIT.as_nanos()).unwrap_or(u64::MAX),
+            "max_deliver": -1,
+            "replay_policy": "instant",
+            "max_ack_pending": -1,
+        }
+    })
+}
+
 /// A JetStream API answer that is an error.
 fn api_error(v: &serde_json::Value) -> Option<String> {
     v.get("error").map(|e| e.to_string())
@@ -931,21 +969,7 @@ impl RawNats {
     /// A file-storage stream `name` on subjects `name.>`, configured as the transport's topic
     /// streams (limits retention, one replica, two-minute duplicate window).
     async fn create_stream(&self, name: &str) -> anyhow::Result<()> {
-        let config = serde_json::json!({
-            "name": name,
-            "subjects": [format!("{name}.>")],
-            "retention": "limits",
-            "storage": "file",
-            "discard": "old",
-            "max_consumers": -1,
-            "max_msgs": -1,
-            "max_bytes": -1,
-            "max_age": 0,
-            "max_msgs_per_subject": -1,
-            "max_msg_size": -1,
-            "num_replicas": 1,
-            "duplicate_window": 120_000_000_000_u64,
-        });
+        let config = raw_stream_config(name);
         let v: serde_json::Value = self
             .js
             .request(format!("STREAM.CREATE.{name}"), &config)
@@ -980,18 +1004,7 @@ impl RawNats {
     /// A durable pull consumer configured as the transport's (explicit acks, 30 s ack wait,
     /// unlimited deliveries and pending acks), created through the 2.9 API.
     async fn create_consumer(&self, stream: &str, durable: &str) -> anyhow::Result<PullConsumer> {
-        let body = serde_json::json!({
-            "stream_name": stream,
-            "config": {
-                "durable_name": durable,
-                "deliver_policy": "all",
-                "ack_policy": "explicit",
-                "ack_wait": u64::try_from(ACK_WAIT.as_nanos()).unwrap_or(u64::MAX),
-                "max_deliver": -1,
-                "replay_policy": "instant",
-                "max_ack_pending": -1,
-            }
-        });
+        let body = raw_consumer_request(stream, durable);
         let v: serde_json::Value = self
             .js
             .request(format!("CONSUMER.DURABLE.CREATE.{stream}.{durable}"), &body)
