@@ -309,8 +309,7 @@ pub(crate) fn decode(headers: Option<&HeaderMap>) -> Properties {
     // converted: of a repeated name only the last is kept, as if inserted one by one.
     for (code, name) in typed.iter().filter_map(|v| v.as_str().split_once(':')) {
         for (n, value) in entries.iter_mut() {
-            if n.len() == name.len()
-                && n.as_ref() == name
+            if n.as_ref() == name
                 && let PropertyValue::String(t) = value
                 && let Some(typed_value) = parse(code, t)
             {

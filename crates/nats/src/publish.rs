@@ -320,24 +320,17 @@ pub(crate) async fn send_all(shared: &Shared, mut prepared: Vec<Prepared>) -> Ou
 /// without a `FuturesUnordered` to allocate and poll the acknowledgement through.
 async fn send_one(shared: &Shared, p: Prepared) -> Outcome {
     let permit = match Arc::clone(&shared.window).try_acquire_owned() {
-        Ok(permit) => Ok(permit),
-        Err(TryAcquireError::Closed) => Err(()), // never closed
-        Err(TryAcquireError::NoPermits) => Arc::clone(&shared.window)
-            .acquire_owned()
-            .await
-            .map_err(drop),
-    };
-    let result = match permit {
-        Err(()) => Ok(()),
-        Ok(permit) => match send(shared, p).await {
-            Ok(ack) => {
-                let result = ack.into_future().await.map(drop).map_err(|e| classify(&e));
-                drop(permit);
-                result
-            }
-            Err(failure) => Err(failure),
+        Ok(permit) => permit,
+        Err(_) => match Arc::clone(&shared.window).acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => return outcome(shared, None, false), // never closed
         },
     };
+    let result = match send(shared, p).await {
+        Ok(ack) => ack.into_future().await.map(drop).map_err(|e| classify(&e)),
+        Err(failure) => Err(failure),
+    };
+    drop(permit);
     match result {
         Ok(()) => outcome(shared, None, false),
         Err(Failure::NoStream) => outcome(shared, None, true),

@@ -263,6 +263,11 @@ pub fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
     Some((it.next()??, it.next()??))
 }
 
+/// Timeslices (times put on a CPU) from a `schedstat` line, its third field.
+pub fn schedstat_timeslices(s: &str) -> Option<u64> {
+    s.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Scheduler figures of the calling thread (Linux; `None` elsewhere).
 pub fn sched_of_this_thread() -> Option<(u64, u64)> {
     parse_schedstat(&std::fs::read_to_string("/proc/thread-self/schedstat").ok()?)

@@ -36,14 +36,13 @@
 //! - **R5, latency.** Open loop at `--latency-share` (50 %) of the raw maximum rate (capped by
 //!   `--latency-max-rate`, 20k/s) for `--seconds`, the same rate for both sides, in
 //!   `--latency-runs` (3) pairs of one raw and one bus run, the raw side first in odd pairs and
-//!   the bus first in even ones; R5 compares the medians of each side's p50 and p99. The raw maximum
-//!   end-to-end rate is measured in every round: the raw consumer runs while the raw publisher
-//!   publishes N messages (same window, headers and ack policy), the clock stopping when the last
-//!   one is acknowledged; R5 takes the median. (Earlier versions estimated it as
+//!   the bus first in even ones; R5 compares the medians of each side's p50 and p99. The raw
+//!   maximum end-to-end rate is measured in every round: the raw consumer runs while the raw
+//!   publisher publishes N messages (same window, headers and ack policy), the clock stopping
+//!   when the last one is acknowledged; R5 takes the median. (Earlier versions estimated it as
 //!   1 / (1/P + 1/C) of the publish and consume rates measured apart, still reported for
 //!   reference; half the publish rate alone would saturate the pipeline and measure queueing,
-//!   not latency.) A dedicated thread
-//!   keeps the schedule and hands each publish to the runtime as its own task, each side with
+//!   not latency.) A dedicated thread keeps the schedule and hands each publish to the runtime as its own task, each side with
 //!   at most `window` publishes awaiting their confirmation (the bus: the transport's window;
 //!   raw: a semaphore of the same size), so a slow confirmation delays later sends alike; the *intended*
 //!   send time travels in the payload (an envelope header), and the consumer (raw: on receipt;
@@ -83,6 +82,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
 use serde::Serialize;
 
+use super::broker::{parse_schedstat, schedstat_timeslices};
 use super::embedded::thousands;
 use super::latency::LatencyRun;
 use super::workload::{self, EVENT_TYPE, INTENDED_HEADER, SUBSCRIPTION, median};
@@ -637,13 +637,9 @@ impl Sched {
         };
         dir.flatten()
             .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .fold(Sched::default(), |acc, line| {
-                let mut it = line.split_whitespace().map(|x| x.parse::<u64>().ok());
-                let (run, slices) = (it.next().flatten(), it.nth(1).flatten());
-                Sched {
-                    cpu_ns: acc.cpu_ns + run.unwrap_or(0),
-                    slices: acc.slices + slices.unwrap_or(0),
-                }
+            .fold(Sched::default(), |acc, line| Sched {
+                cpu_ns: acc.cpu_ns + parse_schedstat(&line).map_or(0, |(run, _)| run),
+                slices: acc.slices + schedstat_timeslices(&line).unwrap_or(0),
             })
     }
 
@@ -1501,8 +1497,7 @@ impl Bench {
                 raw.create_stream(&e2e).await?;
                 let end_to_end = async {
                     let c = raw.create_consumer(&e2e, "e2e").await?;
-                    let timer = Timer::start(raw.probe);
-                    let consume = tokio::spawn(nats_consume(
+                    let consume = nats_consume(
                         raw.client.clone(),
                         c,
                         n,
@@ -1510,13 +1505,10 @@ impl Bench {
                         self.confirm_acks,
                         noop.clone(),
                         raw.probe,
-                    ));
+                    );
                     let subject = format!("{e2e}.t.{EVENT_TYPE}.bench.{EVENT_TYPE}");
-                    let published = raw.publish(&subject, n, window, make).await;
-                    let consumed = consume.await;
-                    published?;
-                    consumed??;
-                    anyhow::Ok(timer.stop(n))
+                    let publish = raw.publish(&subject, n, window, make);
+                    end_to_end(raw.probe, n, consume, publish).await
                 }
                 .await;
                 raw.delete_stream(&e2e).await;
@@ -1588,20 +1580,10 @@ impl Bench {
                 raw.declare(&e2e).await?;
                 let end_to_end = async {
                     let ch = raw.conn.create_channel().await?;
-                    let timer = Timer::start(raw.probe);
-                    let consume = tokio::spawn(amqp_consume(
-                        ch,
-                        e2e.clone(),
-                        n,
-                        prefetch,
-                        noop.clone(),
-                        raw.probe,
-                    ));
-                    let published = raw.publish(&e2e, n, window, &body, make).await;
-                    let consumed = consume.await;
-                    published?;
-                    consumed??;
-                    anyhow::Ok(timer.stop(n))
+                    let consume =
+                        amqp_consume(ch, e2e.clone(), n, prefetch, noop.clone(), raw.probe);
+                    let publish = raw.publish(&e2e, n, window, &body, make);
+                    end_to_end(raw.probe, n, consume, publish).await
                 }
                 .await;
                 raw.delete(std::slice::from_ref(&e2e), std::slice::from_ref(&e2e))
@@ -2094,6 +2076,23 @@ where
         confirm_p99_ms: (!confirmed.is_empty()).then(|| ms(confirmed.value_at_quantile(0.99))),
     };
     Ok((run, costs))
+}
+
+/// A raw end-to-end phase of `n` messages: `consume` runs as a task of its own while `publish`
+/// runs here; the clock stops once both are done.
+async fn end_to_end(
+    probe: Probe,
+    n: u64,
+    consume: impl Future<Output = anyhow::Result<Phase>> + Send + 'static,
+    publish: impl Future<Output = anyhow::Result<Phase>>,
+) -> anyhow::Result<Phase> {
+    let timer = Timer::start(probe);
+    let consume = tokio::spawn(consume);
+    let published = publish.await;
+    let consumed = consume.await;
+    published?;
+    consumed??;
+    Ok(timer.stop(n))
 }
 
 /// The latency run's result, or the raw consumer's error if it gave up; stops the consumer.
