@@ -293,7 +293,8 @@ pub fn parse_props(s: &str) -> Properties {
 pub struct Woken {
     /// Wake every receiver (the change is not tied to known queues).
     pub all: bool,
-    /// Queues that got available messages.
+    /// Queues that got messages, available now or at a later time (waiting receivers then
+    /// recompute how long to sleep).
     pub queues: Vec<i64>,
 }
 
@@ -432,9 +433,9 @@ pub(crate) fn publish(
                 };
                 let seq = insert.insert(params![s.id, visible_at, now])?;
                 insert_body.execute(params![seq, &m.message.body[..], p])?;
-                if visible_at <= now {
-                    woke.queue(s.id);
-                }
+                // A scheduled message wakes waiting receivers too: they recompute their sleep
+                // from the earliest visible time instead of sleeping out `MAX_IDLE_SLEEP`.
+                woke.queue(s.id);
             }
         }
     }
@@ -572,9 +573,8 @@ fn settle(
             .execute(params![seq, queue, count])?,
         Settlement::Abandon { after } => {
             let at = now.saturating_add(dur_us(*after));
-            if after.is_zero() {
-                woke.queue(queue);
-            }
+            // Even when delayed: a receiver already waiting must learn the new visible time.
+            woke.queue(queue);
             tx.prepare_cached(
                 "UPDATE messages SET visible_at = ?1
                  WHERE seq = ?2 AND queue = ?3 AND delivery_count = ?4",

@@ -314,3 +314,100 @@ async fn a_version_2_data_file_is_migrated_with_its_messages() {
         .unwrap();
     assert_eq!((rows, bodies, version), (2, 2, 3));
 }
+
+/// How long after `act` a receive that was already waiting on an empty queue got a message
+/// due `delay` later; the best of three tries, so a busy machine does not decide it. `prepare`
+/// runs before the receive starts waiting and hands its result to `act`.
+async fn wake_lag<T, P, PFut, A, AFut>(
+    b: &SqliteBroker,
+    delay: Duration,
+    prepare: P,
+    act: A,
+) -> Duration
+where
+    P: Fn(SqliteBroker) -> PFut,
+    PFut: std::future::Future<Output = T>,
+    A: Fn(T) -> AFut,
+    AFut: std::future::Future<Output = ()>,
+{
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let prepared = prepare(b.clone()).await;
+        let mut waiting = b
+            .receiver("ProjectCreated", "s", SubQueue::Main)
+            .await
+            .unwrap();
+        let waiter = tokio::spawn(async move {
+            let got = waiting.receive(1, Duration::from_secs(5)).await.unwrap();
+            let at = std::time::Instant::now();
+            assert_eq!(got.len(), 1, "nothing arrived within 5 s");
+            for d in got {
+                d.ack().await.unwrap();
+            }
+            at
+        });
+        // Let the receive find the queue empty and go to sleep.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let start = std::time::Instant::now();
+        act(prepared).await;
+        let at = waiter.await.unwrap();
+        best = best.min(at.duration_since(start).saturating_sub(delay));
+    }
+    best
+}
+
+/// A delayed abandon or a scheduled publish wakes a receive that is already waiting, so the
+/// message arrives at its time rather than when the receiver's idle safety sleep (250 ms) ends.
+#[tokio::test]
+async fn delayed_messages_reach_a_receiver_already_waiting_on_time() {
+    const DELAY: Duration = Duration::from_millis(30);
+    const BOUND: Duration = Duration::from_millis(150);
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBroker::open(SqliteConfig::new(dir.path().join("w.db"))).unwrap();
+    b.ensure_subscription(&SubscriptionSpec::new("ProjectCreated", "s"))
+        .await
+        .unwrap();
+
+    let scheduled = wake_lag(
+        &b,
+        DELAY,
+        |b| async move { b },
+        |b| async move {
+            let at = chrono::Utc::now() + chrono::Duration::from_std(DELAY).unwrap();
+            let out = eventyard_core::OutgoingMessage {
+                message: msg("acme"),
+                deliver_at: Some(at),
+            };
+            b.publish("ProjectCreated", vec![out]).await.unwrap();
+        },
+    )
+    .await;
+    assert!(
+        scheduled < BOUND,
+        "scheduled publish arrived {scheduled:?} late"
+    );
+
+    let abandoned = wake_lag(
+        &b,
+        DELAY,
+        |b| async move {
+            b.publish("ProjectCreated", vec![msg("acme").into()])
+                .await
+                .unwrap();
+            let mut holder = b
+                .receiver("ProjectCreated", "s", SubQueue::Main)
+                .await
+                .unwrap();
+            let mut held = holder.receive(1, Duration::from_secs(2)).await.unwrap();
+            assert_eq!(held.len(), 1);
+            held.remove(0)
+        },
+        |held| async move { held.abandon(DELAY).await.unwrap() },
+    )
+    .await;
+    assert!(
+        abandoned < BOUND,
+        "delayed abandon arrived {abandoned:?} late"
+    );
+    b.close().await.unwrap();
+}
