@@ -2079,7 +2079,8 @@ where
 }
 
 /// A raw end-to-end phase of `n` messages: `consume` runs as a task of its own while `publish`
-/// runs here; the clock stops once both are done.
+/// runs here; the clock stops once both are done. A failed publish stops the consumer at once
+/// (it would otherwise wait for messages that never come, until its stall error).
 async fn end_to_end(
     probe: Probe,
     n: u64,
@@ -2088,10 +2089,11 @@ async fn end_to_end(
 ) -> anyhow::Result<Phase> {
     let timer = Timer::start(probe);
     let consume = tokio::spawn(consume);
-    let published = publish.await;
-    let consumed = consume.await;
-    published?;
-    consumed??;
+    if let Err(e) = publish.await {
+        consume.abort();
+        return Err(e);
+    }
+    consume.await??;
     Ok(timer.stop(n))
 }
 
@@ -2778,6 +2780,41 @@ mod tests {
         assert!(nats_header_bytes(&h) > 200);
         let t = amqp_headers(&m.props, 1);
         assert_eq!(t.inner().len(), m.props.len() + 1);
+    }
+
+    /// A failed raw publish ends the end-to-end phase at once and stops its consumer, which
+    /// would otherwise wait for messages that never come.
+    #[tokio::test]
+    async fn a_failed_publish_stops_the_end_to_end_consumer() {
+        struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        let consume = async move {
+            let _guard = guard;
+            std::future::pending::<anyhow::Result<Phase>>().await
+        };
+        let publish = async { Err::<Phase, _>(anyhow!("broker refused the publish")) };
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            end_to_end(Probe::default(), 10, consume, publish),
+        )
+        .await
+        .expect("the phase waited for its consumer");
+        let e = r.expect_err("a failed publish fails the phase");
+        assert!(e.to_string().contains("refused"), "{e}");
+        // The aborted task drops its future on the runtime shortly after.
+        for _ in 0..100 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the consumer task was not stopped");
     }
 
     #[test]
