@@ -801,3 +801,76 @@ async fn handlers_get_the_envelope_shared_with_their_context() {
     assert_eq!(copied.load(Ordering::SeqCst), 0);
     bus.shutdown().await.unwrap();
 }
+
+/// The task each handled message ran in.
+type TaskIds = Arc<Mutex<Vec<Option<tokio::task::Id>>>>;
+
+async fn record_tasks(bus: &Bus, concurrency: usize) -> TaskIds {
+    let ids: TaskIds = Arc::default();
+    let seen = ids.clone();
+    bus.subscription("shipping.orders")
+        .topic("OrderPlaced")
+        .concurrency(concurrency)
+        .handle_envelopes(move |_env: Envelope, _ctx: MessageContext| {
+            seen.lock().unwrap().push(tokio::task::try_id());
+            async { Ok::<(), HandlerError>(()) }
+        })
+        .await
+        .unwrap();
+    ids
+}
+
+/// A message that arrives alone runs its handler in the consumer's own task (the inline lane:
+/// no hop to a spawned task), so two messages arriving one after the other run in the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_arriving_alone_runs_in_the_consumers_own_task() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let ids = record_tasks(&bus, 8).await;
+    for n in 0..2 {
+        bus.publish(&tenant("connectsoft"), &OrderPlaced { n })
+            .await
+            .unwrap();
+        wait_until("the message handled", || {
+            ids.lock().unwrap().len() == n as usize + 1
+        })
+        .await;
+    }
+    let ids = ids.lock().unwrap().clone();
+    assert!(ids[0].is_some(), "handlers run in a task");
+    assert_eq!(
+        ids[0], ids[1],
+        "one after the other, both in the consumer's task"
+    );
+    bus.shutdown().await.unwrap();
+}
+
+/// A batch still spreads over the runtime's workers: the first share runs in the consumer's
+/// task, the rest in another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_in_more_than_one_task() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    bus.transport()
+        .ensure_subscription(&SubscriptionSpec::new("OrderPlaced", "shipping.orders"))
+        .await
+        .unwrap();
+    for n in 0..20 {
+        bus.publish(&tenant("connectsoft"), &OrderPlaced { n })
+            .await
+            .unwrap();
+    }
+    let ids = record_tasks(&bus, 20).await;
+    wait_until("twenty messages handled", || {
+        ids.lock().unwrap().len() == 20
+    })
+    .await;
+    let mut distinct = ids.lock().unwrap().clone();
+    distinct.sort_unstable_by_key(|id| id.map(|i| i.to_string()));
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 2,
+        "one task ran the whole batch: {distinct:?}"
+    );
+    bus.shutdown().await.unwrap();
+}

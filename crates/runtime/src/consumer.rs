@@ -6,12 +6,19 @@
 //! policy → ack, schedule a redelivery (abandon with delay: the loop keeps consuming), or
 //! dead-letter with the failure context.
 //!
+//! Where handlers run: a received batch is split into one share per runtime worker. The first
+//! share runs in the loop's own task (the *inline lane*, polled between receives) when none of
+//! its previous handlers is still running; the other shares run as tasks of their own. So a
+//! message that arrives alone starts its handler without a task hop, while a batch still
+//! spreads over the workers.
+//!
 //! Shutdown: the loop stops receiving, waits up to the grace period for running handlers, then
 //! cancels the rest; a cancelled handler's delivery is released (redelivered), never lost.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use eventyard_core::{DeadLetterInfo, Delivery, Envelope, Receiver, Settlement, TransportError};
@@ -130,6 +137,10 @@ pub(crate) async fn run(
     // Settlements awaiting the broker's confirmation after their handler's slot was freed.
     let settling = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
+    // The inline lane: deliveries run in this task, polled between receives; how many of their
+    // handlers are still running.
+    let inline_running = Arc::new(AtomicUsize::new(0));
+    let mut inline = FuturesUnordered::new();
     let mut failures: u32 = 0;
     // Whether the last receive returned more than one message.
     let mut batched = false;
@@ -139,19 +150,24 @@ pub(crate) async fn run(
         .max(1);
     'outer: while !*stop.borrow() {
         // Claim only what can start now, so no message waits locked behind a full pipeline.
-        let first = tokio::select! {
-            _ = stop.changed() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        // Inline deliveries keep running meanwhile (they free slots).
+        let Some(Ok(first)) =
+            alongside(permits.clone().acquire_owned(), &mut inline, &mut stop).await
+        else {
+            break;
         };
         // Asked after a slot freed up, so a failure that just opened the circuit is seen: an
         // open circuit takes nothing (messages stay queued); half-open takes one trial.
         let permit = spec.breaker.as_ref().map_or(Permit::Flow, |b| b.permit());
         if let Permit::Wait(d) = permit {
             drop(first);
-            tokio::select! {
-                _ = stop.changed() => break,
-                _ = tokio::time::sleep(d) => continue,
+            if alongside(tokio::time::sleep(d), &mut inline, &mut stop)
+                .await
+                .is_none()
+            {
+                break;
             }
+            continue;
         }
         let max = if permit == Permit::Trial {
             1
@@ -165,9 +181,10 @@ pub(crate) async fn run(
             }
             permits.available_permits() + 1
         };
-        let batch = tokio::select! {
-            _ = stop.changed() => break,
-            b = receiver.receive(max, spec.options.receive_wait) => b,
+        // Not cancelled while inline deliveries progress: only a stop drops it.
+        let receiving = receiver.receive(max, spec.options.receive_wait);
+        let Some(batch) = alongside(receiving, &mut inline, &mut stop).await else {
+            break;
         };
         if permit == Permit::Trial
             && batch.as_ref().map_or(true, |b| b.is_empty())
@@ -185,10 +202,13 @@ pub(crate) async fn run(
                 failures = failures.saturating_add(1);
                 let backoff = Duration::from_millis(50u64 << failures.min(6));
                 tracing::warn!(subscription = %spec.subscription, error = %e, ?backoff, "receive failed; retrying");
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tokio::time::sleep(backoff) => continue,
+                if alongside(tokio::time::sleep(backoff), &mut inline, &mut stop)
+                    .await
+                    .is_none()
+                {
+                    break;
                 }
+                continue;
             }
         };
         batched = batch.len() > 1;
@@ -214,12 +234,26 @@ pub(crate) async fn run(
             }
             continue 'outer;
         }
-        // One task per worker thread's share of the batch, each running its deliveries
-        // concurrently, rather than one task per delivery: spawning (and waking a parked worker
-        // for) every message cost more than a no-op handler. Each delivery still frees its slot
-        // on its own (see `process`), and a slow handler does not hold up the others of its share.
+        // One share per worker thread, each running its deliveries concurrently, rather than
+        // one task per delivery: spawning (and waking a parked worker for) every message cost
+        // more than a no-op handler. Each delivery still frees its slot on its own (see
+        // `process`), and a slow handler does not hold up the others of its share.
         let share = ready.len().div_ceil(workers).max(1);
         let mut ready = ready.into_iter();
+        // The inline lane: the first share runs in this task, polled between receives, when
+        // none of its handlers is still running — so a message arriving alone starts its
+        // handler without waiting for another task to be scheduled (under load, one such hop
+        // costs about the whole latency budget; docs/PERFORMANCE.md). A handler that computes
+        // without yielding holds up receiving until it returns; the other shares run as tasks.
+        if inline_running.load(Ordering::Acquire) == 0 {
+            for (delivery, permit) in ready.by_ref().take(share) {
+                let lane = LaneGuard::enter(&inline_running);
+                let (spec, settling) = (spec.clone(), settling.clone());
+                inline.push(async move {
+                    process(&spec, delivery, permit, &settling, Some(lane)).await;
+                });
+            }
+        }
         loop {
             let chunk: Vec<_> = ready.by_ref().take(share).collect();
             if chunk.is_empty() {
@@ -231,15 +265,15 @@ pub(crate) async fn run(
                 let (spec, settling) = (&spec, &settling);
                 let mut chunk = chunk.into_iter();
                 if chunk.len() == 1 {
-                    // One delivery (streaming: messages arriving one at a time): run it
-                    // directly, without a `FuturesUnordered` to allocate and poll through.
+                    // One delivery: run it directly, without a `FuturesUnordered` to allocate
+                    // and poll through.
                     if let Some((delivery, permit)) = chunk.next() {
-                        process(spec, delivery, permit, settling).await;
+                        process(spec, delivery, permit, settling, None).await;
                     }
                     return;
                 }
                 let mut running: FuturesUnordered<_> = chunk
-                    .map(|(delivery, permit)| process(spec, delivery, permit, settling))
+                    .map(|(delivery, permit)| process(spec, delivery, permit, settling, None))
                     .collect();
                 while running.next().await.is_some() {}
             });
@@ -247,12 +281,37 @@ pub(crate) async fn run(
         while tasks.try_join_next().is_some() {}
     }
     let grace = spec.options.shutdown_grace;
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async {
+        tokio::join!(
+            async { while tasks.join_next().await.is_some() {} },
+            async { while inline.next().await.is_some() {} },
+        )
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!(subscription = %spec.subscription, "handlers still running after the grace period were cancelled; their messages are released");
         tasks.abort_all();
+        // Dropping the inline futures drops their deliveries: released like the aborted ones.
+        drop(inline);
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs `fut` to its end while the inline lane's deliveries progress; `None` (and `fut`
+/// dropped) if the consumer is told to stop first.
+async fn alongside<T, F: Future<Output = ()>>(
+    fut: impl Future<Output = T>,
+    inline: &mut FuturesUnordered<F>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return None,
+            Some(()) = inline.next(), if !inline.is_empty() => {}
+            out = &mut fut => return Some(out),
+        }
     }
 }
 
@@ -265,6 +324,23 @@ fn host() -> String {
                 .map(|s| s.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// One handler counted into the consumer's inline lane; counted out when dropped (its handler
+/// returned, or its delivery was dropped unhandled).
+struct LaneGuard(Arc<AtomicUsize>);
+
+impl LaneGuard {
+    fn enter(running: &Arc<AtomicUsize>) -> Self {
+        running.fetch_add(1, Ordering::AcqRel);
+        LaneGuard(Arc::clone(running))
+    }
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What went wrong with one delivery, for the dead-letter context.
@@ -281,6 +357,7 @@ async fn process(
     delivery: Delivery,
     slot: tokio::sync::OwnedSemaphorePermit,
     settling: &Arc<Semaphore>,
+    lane: Option<LaneGuard>,
 ) {
     let attempt = delivery.delivery_count;
     let size = delivery.message.body.len();
@@ -357,6 +434,8 @@ async fn process(
             (outcome, failure)
         }
     };
+    // The handler is done: counted out of the inline lane (its settlement may still wait).
+    drop(lane);
     let settlement = match &outcome {
         Outcome::Ack => Settlement::Ack,
         Outcome::Retry { after } => Settlement::Abandon { after: *after },
