@@ -250,6 +250,9 @@ struct Inner {
     _pump: Option<Arc<Pump>>,
 }
 
+/// Work left to do for a message on a rare path (see [`Inner::on_message`]).
+type Rare = futures::future::BoxFuture<'static, ()>;
+
 /// A receiver on one subscription's main queue or dead-letter sub-queue.
 pub(crate) struct NatsReceiver {
     inner: Arc<Mutex<Inner>>,
@@ -364,13 +367,14 @@ impl Inner {
         }
         if changed || self.meta_loaded.elapsed() >= META_MAX_AGE {
             let o = &self.origin;
-            self.meta = topology::load_meta(
+            // Boxed: a rare round trip whose future would otherwise size every `receive` call's.
+            self.meta = Box::pin(topology::load_meta(
                 &self.shared,
                 &self.stream,
                 &self.consumer,
                 &o.topic,
                 &o.subscription,
-            )
+            ))
             .await?;
             self.meta_loaded = Instant::now();
         }
@@ -413,9 +417,12 @@ impl Inner {
     /// Handles everything that already arrived, without waiting.
     async fn drain_arrived(&mut self) -> Result<(), TransportError> {
         while let Some(next) = self.inbox_sub.next().now_or_never() {
-            match next {
-                Some(message) => self.on_message(message).await?,
+            let rare = match next {
+                Some(message) => self.on_message(message)?,
                 None => return Err(self.ended()),
+            };
+            if let Some(rare) = rare {
+                rare.await;
             }
         }
         Ok(())
@@ -453,11 +460,14 @@ impl Inner {
         self.refresh_meta().await
     }
 
-    /// One message or status from the inbox.
-    async fn on_message(&mut self, message: NatsMessage) -> Result<(), TransportError> {
+    /// One message or status from the inbox. Synchronous: what is left to do on a rare path
+    /// (acking a filtered-out message, dead-lettering one delivered too often) is returned as a
+    /// boxed future for the caller to await, so the per-message futures of `receive` stay
+    /// small (below the allocator's thread-cache limit).
+    fn on_message(&mut self, message: NatsMessage) -> Result<Option<Rare>, TransportError> {
         match message.status {
             None | Some(StatusCode::OK) => {}
-            Some(StatusCode::IDLE_HEARTBEAT) => return Ok(()),
+            Some(StatusCode::IDLE_HEARTBEAT) => return Ok(None),
             Some(status) => {
                 // The end of one request, named by its reply subject.
                 let token = message
@@ -489,7 +499,7 @@ impl Inner {
                         message.description
                     );
                 }
-                return Ok(());
+                return Ok(None);
             }
         }
         // A message: it fills the oldest open request.
@@ -500,21 +510,20 @@ impl Inner {
                 self.pulls.pop_front();
             }
         }
-        self.accept(message).await
+        Ok(self.accept(message))
     }
 
-    /// Turns a delivered message into a [`Delivery`] (or filters / dead-letters it).
-    async fn accept(&mut self, message: NatsMessage) -> Result<(), TransportError> {
+    /// Turns a delivered message into a [`Delivery`] (or filters / dead-letters it: the work
+    /// left to do then is returned, see [`Inner::on_message`]).
+    fn accept(&mut self, message: NatsMessage) -> Option<Rare> {
         let received = Instant::now();
-        let Some(reply) = message.reply else {
-            return Ok(());
-        };
+        let reply = message.reply?;
         let Some(ack) = parse_ack_subject(reply.as_str()) else {
             tracing::warn!(
                 "nats: unexpected reply subject {reply} on {}",
                 self.consumer
             );
-            return Ok(());
+            return None;
         };
         let properties = headers::decode(message.headers.as_ref());
         let count = u32::try_from(ack.delivered).unwrap_or(u32::MAX);
@@ -522,15 +531,12 @@ impl Inner {
             // The consumer's filter subject applied the tenant/type part natively; the whole
             // filter is applied here (a no-op for what the subject already selected).
             if !self.meta.filter.matches(&properties) {
-                if let Err(e) = self
-                    .shared
-                    .client
-                    .publish(reply, Bytes::from_static(b"+ACK"))
-                    .await
-                {
-                    tracing::debug!("nats: ack of a filtered-out message failed: {e}");
-                }
-                return Ok(());
+                let client = self.shared.client.clone();
+                return Some(Box::pin(async move {
+                    if let Err(e) = client.publish(reply, Bytes::from_static(b"+ACK")).await {
+                        tracing::debug!("nats: ack of a filtered-out message failed: {e}");
+                    }
+                }));
             }
             if count > self.meta.max_delivery_count {
                 let info = DeadLetterInfo::new(
@@ -544,25 +550,25 @@ impl Inner {
                     headers: message.headers,
                     body: message.payload,
                 };
-                let moved = copy_to_dead_letter(
-                    &self.shared,
-                    &self.origin,
-                    ack.stream_sequence,
-                    &original,
-                    &info,
-                )
-                .await;
-                match moved {
-                    Ok(()) => {
-                        self.shared
+                let (shared, origin) = (Arc::clone(&self.shared), Arc::clone(&self.origin));
+                return Some(Box::pin(async move {
+                    let moved = copy_to_dead_letter(
+                        &shared,
+                        &origin,
+                        ack.stream_sequence,
+                        &original,
+                        &info,
+                    )
+                    .await;
+                    match moved {
+                        Ok(()) => shared
                             .settle_request(reply, Bytes::from_static(b"+ACK"), "dead-letter")
                             .await
-                            .unwrap_or_else(|e| tracing::warn!("nats: {e}"));
+                            .unwrap_or_else(|e| tracing::warn!("nats: {e}")),
+                        // Left locked: it comes back at lock expiry and is tried again.
+                        Err(e) => tracing::warn!("nats: dead-lettering failed: {e}"),
                     }
-                    // Left locked: it comes back at lock expiry and is tried again.
-                    Err(e) => tracing::warn!("nats: dead-lettering failed: {e}"),
-                }
-                return Ok(());
+                }));
             }
         }
         let enqueued_at = DateTime::<Utc>::from_timestamp_nanos(ack.timestamp_ns);
@@ -593,20 +599,25 @@ impl Inner {
             self.origin.subscription.clone(),
             Box::new(settle),
         ));
-        Ok(())
+        None
     }
 
     /// Waits until something arrives, the transport closes, or `until`.
     async fn wait(&mut self, until: Instant) -> Result<(), TransportError> {
-        tokio::select! {
+        let next = tokio::select! {
             biased;
-            _ = self.closed.changed() => Err(TransportError::Closed),
-            next = self.inbox_sub.next() => match next {
-                Some(message) => self.on_message(message).await,
-                None => Err(self.ended()),
-            },
-            _ = tokio::time::sleep_until(until) => Ok(()),
+            _ = self.closed.changed() => return Err(TransportError::Closed),
+            next = self.inbox_sub.next() => next,
+            _ = tokio::time::sleep_until(until) => return Ok(()),
+        };
+        let rare = match next {
+            Some(message) => self.on_message(message)?,
+            None => return Err(self.ended()),
+        };
+        if let Some(rare) = rare {
+            rare.await;
         }
+        Ok(())
     }
 
     fn take(&mut self, max: usize) -> Vec<Delivery> {

@@ -184,13 +184,15 @@ impl Settle for NatsSettle {
                     .await
             }
             Settlement::DeadLetter(info) => {
-                copy_to_dead_letter(
+                // Boxed: the rare path's future would otherwise size every settlement's
+                // (over 1 KiB, beyond the allocator's thread cache).
+                Box::pin(copy_to_dead_letter(
                     &self.shared,
                     &self.origin,
                     self.locked.sequence,
                     &self.original,
                     &info,
-                )
+                ))
                 .await?;
                 if self.locked.lost() {
                     // The copy is stored, but the original may have been redelivered meanwhile.
