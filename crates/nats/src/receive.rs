@@ -417,15 +417,20 @@ impl Inner {
     /// Handles everything that already arrived, without waiting.
     async fn drain_arrived(&mut self) -> Result<(), TransportError> {
         while let Some(next) = self.inbox_sub.next().now_or_never() {
-            let rare = match next {
-                Some(message) => self.on_message(message)?,
-                None => return Err(self.ended()),
-            };
-            if let Some(rare) = rare {
+            if let Some(rare) = self.on_next(next)? {
                 rare.await;
             }
         }
         Ok(())
+    }
+
+    /// What the inbox subscription gave: a message or status ([`Inner::on_message`]), or its
+    /// end (an error).
+    fn on_next(&mut self, next: Option<NatsMessage>) -> Result<Option<Rare>, TransportError> {
+        match next {
+            Some(message) => self.on_message(message),
+            None => Err(self.ended()),
+        }
     }
 
     /// The error for an inbox subscription that ended.
@@ -610,11 +615,7 @@ impl Inner {
             next = self.inbox_sub.next() => next,
             _ = tokio::time::sleep_until(until) => return Ok(()),
         };
-        let rare = match next {
-            Some(message) => self.on_message(message)?,
-            None => return Err(self.ended()),
-        };
-        if let Some(rare) = rare {
+        if let Some(rare) = self.on_next(next)? {
             rare.await;
         }
         Ok(())
