@@ -181,16 +181,8 @@ pub(crate) async fn publish(
     if messages.is_empty() {
         return Ok(());
     }
-    let mut prepared = prepare(shared, topic, messages)?;
-    // A single message (streaming) takes the small path; a batch's bigger future is boxed, once
-    // per batch. Either way the publish future stays below the allocator's thread-cache limit.
-    let outcome = if prepared.len() == 1
-        && let Some(p) = prepared.pop()
-    {
-        send_one(shared, p).await
-    } else {
-        Box::pin(send_all(shared, prepared)).await
-    };
+    let prepared = prepare(shared, topic, messages)?;
+    let outcome = send_all(shared, prepared).await;
     match outcome {
         Outcome::Ok => Ok(()),
         Outcome::Failed(e) => Err(e),
@@ -200,7 +192,7 @@ pub(crate) async fn publish(
             // JetStream is not ready (restarting): only a definite "stream not found" may
             // discard.
             let stream = shared.names.topic_stream(topic);
-            if Box::pin(shared.api.stream_exists(&stream)).await? {
+            if shared.api.stream_exists(&stream).await? {
                 Err(unavailable(format!(
                     "publish to `{topic}` found no stream although {stream} exists; \
                      JetStream not ready?"
@@ -260,7 +252,12 @@ async fn send(shared: &Shared, p: Prepared) -> Result<PublishAckFuture, Failure>
 /// its first poll (right after its send), so an outage costs one timeout, not one per message.
 /// A permit is released as soon as its acknowledgement (or failure) is in, so one caller's tail
 /// leaves room for the others.
-async fn send_all(shared: &Shared, prepared: Vec<Prepared>) -> Outcome {
+pub(crate) async fn send_all(shared: &Shared, mut prepared: Vec<Prepared>) -> Outcome {
+    if prepared.len() == 1
+        && let Some(p) = prepared.pop()
+    {
+        return send_one(shared, p).await;
+    }
     let mut in_flight = FuturesUnordered::new();
     let mut no_stream = false;
     let mut failure: Option<TransportError> = None;
