@@ -185,7 +185,7 @@ impl Settle for NatsSettle {
             }
             Settlement::DeadLetter(info) => {
                 // Boxed: the rare path's future would otherwise size every settlement's
-                // (over 1 KiB, beyond the allocator's thread cache).
+                // (1,944 bytes instead of 1,480; the rest is async-nats's request future).
                 Box::pin(copy_to_dead_letter(
                     &self.shared,
                     &self.origin,

@@ -7,7 +7,7 @@
 //! dead-letter with the failure context.
 //!
 //! Where handlers run: a received batch is split into one share per runtime worker. The first
-//! share runs in the loop's own task (the *inline lane*, polled between receives) when none of
+//! share runs in the loop's own task (the *inline lane*, polled while the loop waits) when none of
 //! its previous handlers is still running; the other shares run as tasks of their own. So a
 //! message that arrives alone starts its handler without a task hop, while a batch still
 //! spreads over the workers.
@@ -137,9 +137,9 @@ pub(crate) async fn run(
     // Settlements awaiting the broker's confirmation after their handler's slot was freed.
     let settling = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    // The inline lane: deliveries run in this task, polled between receives; how many of their
-    // handlers are still running.
-    let inline_running = Arc::new(AtomicUsize::new(0));
+    // The inline lane: deliveries run in this task, polled while the loop waits; how many of
+    // their handlers are still running.
+    let inline_running = AtomicUsize::new(0);
     let mut inline = FuturesUnordered::new();
     let mut failures: u32 = 0;
     // Whether the last receive returned more than one message.
@@ -240,18 +240,17 @@ pub(crate) async fn run(
         // `process`), and a slow handler does not hold up the others of its share.
         let share = ready.len().div_ceil(workers).max(1);
         let mut ready = ready.into_iter();
-        // The inline lane: the first share runs in this task, polled between receives, when
+        // The inline lane: the first share runs in this task, polled while the loop waits, when
         // none of its handlers is still running — so a message arriving alone starts its
         // handler without waiting for another task to be scheduled (under load, one such hop
         // costs about the whole latency budget; docs/PERFORMANCE.md). A handler that computes
         // without yielding holds up receiving until it returns; the other shares run as tasks.
         if inline_running.load(Ordering::Acquire) == 0 {
+            // The lane's futures borrow what this function owns: no reference counts to bump
+            // per delivery.
             for (delivery, permit) in ready.by_ref().take(share) {
                 let lane = LaneGuard::enter(&inline_running);
-                let (spec, settling) = (spec.clone(), settling.clone());
-                inline.push(async move {
-                    process(&spec, delivery, permit, &settling, Some(lane)).await;
-                });
+                inline.push(process(&spec, delivery, permit, &settling, Some(lane)));
             }
         }
         loop {
@@ -328,16 +327,16 @@ fn host() -> String {
 
 /// One handler counted into the consumer's inline lane; counted out when dropped (its handler
 /// returned, or its delivery was dropped unhandled).
-struct LaneGuard(Arc<AtomicUsize>);
+struct LaneGuard<'a>(&'a AtomicUsize);
 
-impl LaneGuard {
-    fn enter(running: &Arc<AtomicUsize>) -> Self {
+impl<'a> LaneGuard<'a> {
+    fn enter(running: &'a AtomicUsize) -> Self {
         running.fetch_add(1, Ordering::AcqRel);
-        LaneGuard(Arc::clone(running))
+        LaneGuard(running)
     }
 }
 
-impl Drop for LaneGuard {
+impl Drop for LaneGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -357,7 +356,7 @@ async fn process(
     delivery: Delivery,
     slot: tokio::sync::OwnedSemaphorePermit,
     settling: &Arc<Semaphore>,
-    lane: Option<LaneGuard>,
+    lane: Option<LaneGuard<'_>>,
 ) {
     let attempt = delivery.delivery_count;
     let size = delivery.message.body.len();

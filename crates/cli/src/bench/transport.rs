@@ -42,12 +42,12 @@
 //!   when the last one is acknowledged; R5 takes the median. (Earlier versions estimated it as
 //!   1 / (1/P + 1/C) of the publish and consume rates measured apart, still reported for
 //!   reference; half the publish rate alone would saturate the pipeline and measure queueing,
-//!   not latency.) A dedicated thread keeps the schedule and hands each publish to the runtime as its own task, each side with
-//!   at most `window` publishes awaiting their confirmation (the bus: the transport's window;
-//!   raw: a semaphore of the same size), so a slow confirmation delays later sends alike; the *intended*
-//!   send time travels in the payload (an envelope header), and the consumer (raw: on receipt;
-//!   bus: at handler start) records `now − intended` in an HDR histogram — no coordinated
-//!   omission.
+//!   not latency.) A dedicated thread keeps the schedule and hands each publish to the runtime
+//!   as its own task, each side with at most `window` publishes awaiting their confirmation
+//!   (the bus: the transport's window; raw: a semaphore of the same size), so a slow
+//!   confirmation delays later sends alike; the *intended* send time travels in the payload
+//!   (an envelope header), and the consumer (raw: on receipt; bus: at handler start) records
+//!   `now − intended` in an HDR histogram — no coordinated omission.
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
