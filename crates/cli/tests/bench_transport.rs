@@ -53,6 +53,8 @@ fn bench(url: &str) -> Value {
             "0.3",
             "--latency-max-rate",
             "1000",
+            "--latency-light-rate",
+            "200",
         ])
         .env("YARD_LOG", "error")
         .output()
@@ -127,6 +129,22 @@ fn check(v: &Value, broker: &str) {
     }
     let delta = num(&l["bus"], "p50_ms") - num(&l["raw"], "p50_ms");
     assert!((num(l, "p50_delta_ms") - delta).abs() <= 1e-9, "{l}");
+    // The light-load reference: one pair, raw first, at its own rate, set beside R5's raw p50.
+    let light = &l["light"];
+    assert_eq!(num(light, "rate"), 200.0, "{light}");
+    let pair = &light["pair"];
+    assert_eq!(pair["order"], "raw-first", "{light}");
+    for side in ["raw", "bus"] {
+        let x = &pair[side];
+        assert_eq!(num(x, "sent"), 60.0, "200 msg/s for 0.3 s: {light}");
+        assert_eq!(x["received"], x["sent"], "{light}");
+        assert!(num(x, "p50_ms") > 0.0, "{light}");
+    }
+    let factor = num(&l["raw"], "p50_ms") / num(&pair["raw"], "p50_ms");
+    assert!(
+        (num(light, "raw_queueing_factor") - factor).abs() <= 1e-9,
+        "{light}"
+    );
 
     let s = &v["settings"];
     assert_eq!(s["window"], 64);
@@ -136,6 +154,7 @@ fn check(v: &Value, broker: &str) {
     assert_eq!(s["messages"], MESSAGES);
     assert_eq!(s["runs"], 1);
     assert_eq!(s["latency_runs"], 3);
+    assert_eq!(s["latency_light_rate"], 200.0);
     assert_eq!(s["payload_bytes"], 256);
     assert!(
         num(s, "body_bytes") > 256.0 && num(s, "header_bytes") > 100.0,

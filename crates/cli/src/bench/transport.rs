@@ -48,6 +48,12 @@
 //!   confirmation delays later sends alike; the *intended* send time travels in the payload
 //!   (an envelope header), and the consumer (raw: on receipt; bus: at handler start) records
 //!   `now − intended` in an HDR histogram — no coordinated omission.
+//! - **Light-load reference** (not part of R5's verdict). One more pair, raw first, at
+//!   `--latency-light-rate` (1,000 msg/s), far below saturation: the path's own latency without
+//!   queueing. Its raw p50 beside R5's gives `raw_queueing_factor`; above 3 the report notes
+//!   that the raw side itself queues at R5's rate, so that R5 compares queueing (on a 2-core
+//!   machine shared with the broker, a message sent alone costs several times its CPU in a
+//!   saturated batch, so half the saturated maximum can already be near saturation).
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
@@ -160,6 +166,11 @@ pub struct TransportArgs {
     /// Latency run: how long to publish, each side (`5s`, `500ms`, or seconds).
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub seconds: Duration,
+    /// Light-load reference: one more pair (raw, then bus) at this rate, msg/s, reported beside
+    /// R5 (not part of its verdict): the path's latency without queueing, and how much of R5's
+    /// raw latency is queueing. Skipped when it is not below R5's rate; 0 skips it.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub latency_light_rate: f64,
 }
 
 /// The broker a URL designates.
@@ -385,6 +396,22 @@ pub struct LatencyPair {
     pub p99_ratio: f64,
 }
 
+/// R5's raw p50 above this many times the light-load raw p50 is reported as queueing.
+const QUEUEING_FACTOR: f64 = 3.0;
+
+/// The light-load reference beside R5: one raw and one bus latency run at a rate far below
+/// saturation, so that their latencies are the path's own rather than queueing.
+#[derive(Debug, Clone, Serialize)]
+pub struct LightLoad {
+    /// Messages per second, both sides (`--latency-light-rate`).
+    pub rate: f64,
+    /// The pair, raw first.
+    pub pair: LatencyPair,
+    /// R5's raw p50 / this raw p50: 1 when R5's rate adds no queueing to the raw path; far
+    /// above 1 when the raw side itself queues at R5's rate (R5 then compares queueing).
+    pub raw_queueing_factor: f64,
+}
+
 /// The median of `f` over the items that have it; `None` when none has.
 fn median_by<T>(items: &[&T], f: impl Fn(&T) -> Option<f64>) -> Option<f64> {
     let v: Vec<f64> = items.iter().filter_map(|x| f(x)).collect();
@@ -452,6 +479,9 @@ pub struct LatencyComparison {
     pub meets_target: bool,
     /// Every pair, in the order run.
     pub pairs: Vec<LatencyPair>,
+    /// The light-load reference (not part of the verdict); absent when skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub light: Option<LightLoad>,
 }
 
 /// What the benchmark held fixed, recorded beside every number.
@@ -489,6 +519,8 @@ pub struct Settings {
     pub latency_max_rate: f64,
     /// Latency runs per side.
     pub latency_runs: u32,
+    /// Rate of the light-load reference pair, msg/s (0: skipped).
+    pub latency_light_rate: f64,
     /// The URL (password hidden), before the benchmark's own options.
     pub url: String,
     /// Worker threads of the async runtime.
@@ -1276,7 +1308,6 @@ async fn amqp_consume(
     on_body: OnBody,
     probe: Probe,
 ) -> anyhow::Result<Phase> {
-    use futures::FutureExt as _;
     let timer = Timer::start(probe);
     ch.basic_qos(window, BasicQosOptions::default()).await?;
     let mut consumer = ch
@@ -1287,6 +1318,22 @@ async fn amqp_consume(
             FieldTable::default(),
         )
         .await?;
+    consume_acking(&ch, &mut consumer, n, |body| on_body(body)).await?;
+    let phase = timer.stop(n);
+    let _ = ch.close(200, "consumed".into()).await;
+    Ok(phase)
+}
+
+/// The raw RabbitMQ consumer's loop: takes `n` deliveries from `consumer` (on `ch`), passing
+/// each body to `on_body`, with `basic.ack(multiple)` every [`ACK_EVERY`] deliveries and
+/// whenever none is ready. Fails after [`STALL`] without a delivery.
+pub async fn consume_acking(
+    ch: &lapin::Channel,
+    consumer: &mut lapin::Consumer,
+    n: u64,
+    on_body: impl Fn(&[u8]),
+) -> anyhow::Result<()> {
+    use futures::FutureExt as _;
     let ack = |tag: u64| ch.basic_ack(tag, BasicAckOptions { multiple: true });
     let (mut got, mut unacked, mut last) = (0u64, 0u64, 0u64);
     while got < n {
@@ -1314,9 +1361,7 @@ async fn amqp_consume(
             unacked = 0;
         }
     }
-    let phase = timer.stop(n);
-    let _ = ch.close(200, "consumed".into()).await;
-    Ok(phase)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1754,6 +1799,33 @@ impl Bench {
     }
 
     // -- latency --------------------------------------------------------------------------------
+
+    /// One latency pair at `rate`: a raw and a bus run, one right after the other.
+    async fn latency_pair(
+        &self,
+        pair: u32,
+        raw_first: bool,
+        rate: f64,
+        seconds: Duration,
+    ) -> anyhow::Result<LatencyPair> {
+        let ((raw, raw_costs), (bus, bus_costs)) = if raw_first {
+            let raw = self.raw_latency(rate, seconds).await?;
+            (raw, self.bus_latency(rate, seconds).await?)
+        } else {
+            let bus = self.bus_latency(rate, seconds).await?;
+            (self.raw_latency(rate, seconds).await?, bus)
+        };
+        Ok(LatencyPair {
+            pair,
+            order: if raw_first { "raw-first" } else { "bus-first" },
+            p50_delta_ms: bus.p50_ms - raw.p50_ms,
+            p99_ratio: ratio(bus.p99_ms, raw.p99_ms),
+            raw,
+            bus,
+            raw_costs,
+            bus_costs,
+        })
+    }
 
     async fn raw_latency(
         &self,
@@ -2195,6 +2267,10 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         a.latency_max_rate.is_finite() && a.latency_max_rate > 0.0,
         "--latency-max-rate must be positive"
     );
+    ensure!(
+        a.latency_light_rate.is_finite() && a.latency_light_rate >= 0.0,
+        "--latency-light-rate must be 0 (skip) or positive"
+    );
     let material = Material::new(a.payload_bytes)?;
     let probe = Probe::find(broker, &a.url);
     let (raw, confirm_acks, header_bytes, ack_policy, durability, ack_vs_fsync) = match broker {
@@ -2320,23 +2396,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
                 }
             );
         }
-        let ((raw, raw_costs), (bus, bus_costs)) = if raw_first {
-            let raw = bench.raw_latency(rate, a.seconds).await?;
-            (raw, bench.bus_latency(rate, a.seconds).await?)
-        } else {
-            let bus = bench.bus_latency(rate, a.seconds).await?;
-            (bench.raw_latency(rate, a.seconds).await?, bus)
-        };
-        pairs.push(LatencyPair {
-            pair,
-            order: if raw_first { "raw-first" } else { "bus-first" },
-            p50_delta_ms: bus.p50_ms - raw.p50_ms,
-            p99_ratio: ratio(bus.p99_ms, raw.p99_ms),
-            raw,
-            bus,
-            raw_costs,
-            bus_costs,
-        });
+        pairs.push(bench.latency_pair(pair, raw_first, rate, a.seconds).await?);
     }
 
     let (raw_pub_path, raw_con_path, bus_con_path) = match broker {
@@ -2414,6 +2474,25 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         "raw consume with plain (unconfirmed) acks",
     );
     let raw_lat = median_run(pairs.iter().map(|p| &p.raw));
+    let light = if a.latency_light_rate > 0.0 && a.latency_light_rate < rate {
+        if !a.json {
+            eprintln!(
+                "light-load reference: {} msg/s for {} s, raw then bus…",
+                thousands(a.latency_light_rate),
+                a.seconds.as_secs_f64()
+            );
+        }
+        let pair = bench
+            .latency_pair(1, true, a.latency_light_rate, a.seconds)
+            .await?;
+        Some(LightLoad {
+            rate: a.latency_light_rate,
+            raw_queueing_factor: ratio(raw_lat.p50_ms, pair.raw.p50_ms),
+            pair,
+        })
+    } else {
+        None
+    };
     let bus_lat = median_run(pairs.iter().map(|p| &p.bus));
     let p50_delta_ms = bus_lat.p50_ms - raw_lat.p50_ms;
     let p99_ratio = ratio(bus_lat.p99_ms, raw_lat.p99_ms);
@@ -2435,6 +2514,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
         target_p50_delta_ms: TARGET_P50_DELTA_MS,
         target_p99_ratio: TARGET_P99_RATIO,
         pairs,
+        light,
     };
     let mut notes = vec![ack_vs_fsync.clone()];
     let anomalies: u64 = rounds.iter().map(|r| r.bus_anomalies).sum();
@@ -2443,7 +2523,27 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             "{anomalies} settle errors / retries / dead-letters in the bus consumer"
         ));
     }
-    let errors = latency.raw.publish_errors + latency.bus.publish_errors;
+    if let Some(light) = &latency.light
+        && light.raw_queueing_factor > QUEUEING_FACTOR
+    {
+        notes.push(format!(
+            "at R5's rate the raw side queues: its p50 is {:.1}x its p50 at {} msg/s ({:.3} vs \
+             {:.3} ms), so R5 compares queueing more than the path's latency (light-load \
+             reference: bus − raw p50 {:+.3} ms, p99 {:.2}x)",
+            light.raw_queueing_factor,
+            thousands(light.rate),
+            latency.raw.p50_ms,
+            light.pair.raw.p50_ms,
+            light.pair.p50_delta_ms,
+            light.pair.p99_ratio
+        ));
+    }
+    let errors = latency.raw.publish_errors
+        + latency.bus.publish_errors
+        + latency
+            .light
+            .as_ref()
+            .map_or(0, |l| l.pair.raw.publish_errors + l.pair.bus.publish_errors);
     if errors > 0 {
         notes.push(format!("{errors} publish errors during the latency runs"));
     }
@@ -2467,6 +2567,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
             latency_share: a.latency_share,
             latency_max_rate: a.latency_max_rate,
             latency_runs: a.latency_runs,
+            latency_light_rate: a.latency_light_rate,
             url: redact(&a.url),
             runtime_workers: tokio::runtime::Handle::current().metrics().num_workers(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -2693,6 +2794,30 @@ pub fn table(r: &TransportReport) -> String {
             opt_ms(x.bus.confirm_p50_ms),
             opt_ms(x.raw.confirm_p99_ms),
             opt_ms(x.bus.confirm_p99_ms)
+        );
+    }
+    if let Some(x) = &l.light {
+        let (raw, bus) = (&x.pair.raw, &x.pair.bus);
+        let _ = writeln!(
+            o,
+            "  light-load reference at {} msg/s (not part of R5): p50 raw {:.3} / bus {:.3} ms \
+             ({:+.3}), p99 raw {:.3} / bus {:.3} ms ({:.2}x), machine busy {:.0} / {:.0} %; R5's \
+             raw p50 is {:.1}x this one{}",
+            thousands(x.rate),
+            raw.p50_ms,
+            bus.p50_ms,
+            x.pair.p50_delta_ms,
+            raw.p99_ms,
+            bus.p99_ms,
+            x.pair.p99_ratio,
+            x.pair.raw_costs.machine_busy_pct,
+            x.pair.bus_costs.machine_busy_pct,
+            x.raw_queueing_factor,
+            if x.raw_queueing_factor > QUEUEING_FACTOR {
+                " (the raw side queues at R5's rate)"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(
