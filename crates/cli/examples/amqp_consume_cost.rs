@@ -10,10 +10,11 @@
 //! amqp_consume_cost <amqp-url> <messages> <bus|raw>
 //! ```
 //!
-//! - `bus`: a bus consumer with a no-op envelope handler, concurrency 256 (the bench's R2).
+//! - `bus`: a bus consumer with a no-op shared-envelope handler, concurrency 256 (the bench's R2).
 //! - `raw`: `basic.consume` with prefetch 256 and `basic.ack(multiple)` every 64 deliveries and
 //!   whenever none is ready (the bench's raw R2 consumer).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventyard::{Bus, Envelope, HandlerError, MessageContext};
@@ -25,7 +26,7 @@ use lapin::types::FieldTable;
 /// In flight: the bench's default `--window`.
 const WINDOW: u16 = 256;
 
-async fn noop(_env: Envelope, _ctx: MessageContext) -> Result<(), HandlerError> {
+async fn noop(_env: Arc<Envelope>, _ctx: MessageContext) -> Result<(), HandlerError> {
     Ok(())
 }
 
@@ -35,7 +36,7 @@ async fn bus_side(bus: &Bus, topic: &str, n: u64) {
         .subscription(SUBSCRIPTION)
         .topic(topic)
         .concurrency(usize::from(WINDOW))
-        .handle_envelopes(noop)
+        .handle_shared_envelopes(noop)
         .await
         .expect("consumer");
     while consumer.counts().acked < n {

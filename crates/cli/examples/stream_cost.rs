@@ -8,13 +8,14 @@
 //! stream_cost <nats-url> <messages> <bus|raw>
 //! ```
 //!
-//! - `bus`: `Bus::publish_envelope` and a bus consumer with a no-op envelope handler (the
+//! - `bus`: `Bus::publish_envelope` and a bus consumer with a no-op shared-envelope handler (the
 //!   transport's defaults, so confirmed acks), as the bus side of the latency run.
 //! - `raw`: async-nats `send_publish` + PubAck and a pull consumer with double acks, as the
 //!   raw side of the latency run (same envelope serialization, same headers).
 //!
 //! Both warm up with a few unmeasured messages first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, message::PublishMessage};
@@ -139,7 +140,7 @@ fn main() {
                 bus.subscription(SUBSCRIPTION)
                     .topic(topic.as_str())
                     .concurrency(WINDOW)
-                    .handle_envelopes(move |env: Envelope, _ctx: MessageContext| {
+                    .handle_shared_envelopes(move |env: Arc<Envelope>, _ctx: MessageContext| {
                         assert!(env.headers.contains_key(INTENDED_HEADER));
                         let _ = tx.send(());
                         async { Ok::<(), HandlerError>(()) }

@@ -37,6 +37,15 @@ impl Fixture {
     }
 }
 
+/// Publishes `OrderPlaced { n }` for `n` in `0..count`, tenant `connectsoft`.
+async fn publish_orders(bus: &Bus, count: u32) {
+    for n in 0..count {
+        bus.publish(&tenant("connectsoft"), &OrderPlaced { n })
+            .await
+            .unwrap();
+    }
+}
+
 fn fast_retry(attempts: u32) -> RetryPolicy {
     RetryPolicy::exponential(attempts, Duration::from_millis(100), Duration::from_secs(2))
 }
@@ -398,11 +407,10 @@ async fn topic_per_context_routes_by_type_filter() {
         .await
         .unwrap();
     assert_eq!(c1.spec().topic, "sales");
-    let t = tenant("connectsoft");
-    for n in 0..3 {
-        bus.publish(&t, &OrderPlaced { n }).await.unwrap();
-    }
-    bus.publish(&t, &InvoiceIssued { n: 9 }).await.unwrap();
+    publish_orders(&bus, 3).await;
+    bus.publish(&tenant("connectsoft"), &InvoiceIssued { n: 9 })
+        .await
+        .unwrap();
     wait_until("routed", || {
         orders.load(Ordering::SeqCst) == 3 && invoices.load(Ordering::SeqCst) == 1
     })
@@ -733,10 +741,7 @@ async fn a_finished_handler_frees_its_slot_while_its_ack_is_confirmed_up_to_a_bo
         .handle(counting::<OrderPlaced>(&handled))
         .await
         .unwrap();
-    let t = tenant("connectsoft");
-    for n in 0..3 {
-        bus.publish(&t, &OrderPlaced { n }).await.unwrap();
-    }
+    publish_orders(&bus, 3).await;
     // One handler at a time. The first's ack waits at the gate, yet the second handler runs:
     // its slot was freed. The second's ack finds the one settling place taken and keeps its
     // slot, so the third waits.
@@ -789,16 +794,47 @@ async fn handlers_get_the_envelope_shared_with_their_context() {
         })
         .await
         .unwrap();
-    for n in 0..3 {
-        bus.publish(&tenant("connectsoft"), &OrderPlaced { n })
-            .await
-            .unwrap();
-    }
+    publish_orders(&bus, 3).await;
     wait_until("three shared deliveries", || {
         shared.load(Ordering::SeqCst) == 3
     })
     .await;
     assert_eq!(copied.load(Ordering::SeqCst), 0);
+    bus.shutdown().await.unwrap();
+}
+
+/// `handle_shared_envelopes`: the closure gets the envelope its context holds (the same
+/// allocation, no copy), and the messages are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_envelope_closure_gets_the_contexts_envelope() {
+    let fx = Fixture::new();
+    let bus = fx.bus();
+    let (shared, copied) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let (s, c) = (shared.clone(), copied.clone());
+    let consumer = bus
+        .subscription("shipping.orders")
+        .topic("OrderPlaced")
+        .handle_shared_envelopes(move |env: Arc<Envelope>, ctx: MessageContext| {
+            let counter = if std::ptr::eq(&*env, ctx.envelope()) {
+                &s
+            } else {
+                &c
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let n = env.payload["n"].as_u64();
+            async move {
+                match n {
+                    Some(_) => Ok(()),
+                    None => Err(HandlerError::validation("no `n` in the payload")),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    publish_orders(&bus, 3).await;
+    wait_until("three acked", || consumer.counts().acked == 3).await;
+    assert_eq!(shared.load(Ordering::SeqCst), 3);
+    assert_eq!(copied.load(Ordering::SeqCst), 0, "a handler got a copy");
     bus.shutdown().await.unwrap();
 }
 

@@ -14,10 +14,12 @@ use tokio::task::JoinHandle;
 
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::consumer::{self, ConsumerCounts, ConsumerOptions, ConsumerSpec, ConsumerStats};
+use crate::context::MessageContext;
 use crate::context::current_envelope;
 use crate::error::BusError;
 use crate::guard::TenantScope;
-use crate::handler::{EnvelopeHandler, Handler, Typed};
+use crate::handler::{EnvelopeHandler, Handler, SharedFn, Typed};
+use crate::outcome::HandlerError;
 use crate::publisher::{Publisher, Routed, publish_routed};
 use crate::retry::RetryPolicy;
 use crate::topology::{Router, TopologyStyle};
@@ -379,11 +381,27 @@ impl SubscriptionBuilder {
     }
 
     /// Starts an untyped handler receiving whole envelopes; needs [`SubscriptionBuilder::topic`].
+    ///
+    /// A closure `Fn(Envelope, MessageContext)` gets its own copy of each envelope (the context
+    /// keeps the consumer's); a handler that only reads it can take the shared one instead,
+    /// with [`SubscriptionBuilder::handle_shared_envelopes`].
     pub async fn handle_envelopes<H: EnvelopeHandler>(
         self,
         handler: H,
     ) -> Result<Consumer, BusError> {
         self.start(Arc::new(handler)).await
+    }
+
+    /// Starts an untyped handler over the shared envelope, `Fn(Arc<Envelope>, MessageContext)`:
+    /// the envelope the consumer parsed and the context holds, without the copy that
+    /// [`SubscriptionBuilder::handle_envelopes`] makes for a closure taking `Envelope`. Needs
+    /// [`SubscriptionBuilder::topic`].
+    pub async fn handle_shared_envelopes<F, Fut>(self, handler: F) -> Result<Consumer, BusError>
+    where
+        F: Fn(Arc<Envelope>, MessageContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.start(Arc::new(SharedFn(handler))).await
     }
 
     /// Declares the subscription without consuming (messages accumulate until a consumer runs).

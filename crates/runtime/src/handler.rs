@@ -68,6 +68,34 @@ where
     }
 }
 
+/// Adapts a closure over the shared envelope, `Fn(Arc<Envelope>, MessageContext)`
+/// ([`SubscriptionBuilder::handle_shared_envelopes`](crate::SubscriptionBuilder::handle_shared_envelopes)):
+/// the handler gets the consumer's envelope itself, the one its context holds, not a copy.
+pub(crate) struct SharedFn<F>(pub(crate) F);
+
+impl<F, Fut> EnvelopeHandler for SharedFn<F>
+where
+    F: Fn(Arc<Envelope>, MessageContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn handle(
+        &self,
+        envelope: Envelope,
+        ctx: MessageContext,
+    ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        Box::pin((self.0)(Arc::new(envelope), ctx))
+    }
+
+    /// Hands over the shared envelope: a reference count, no copy.
+    fn handle_shared(
+        &self,
+        envelope: &Arc<Envelope>,
+        ctx: MessageContext,
+    ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        Box::pin((self.0)(Arc::clone(envelope), ctx))
+    }
+}
+
 /// Adapts a typed handler: checks the event type and decodes the payload; a mismatch is a
 /// validation failure (dead-lettered, never retried).
 pub(crate) struct Typed<E, H> {

@@ -30,7 +30,7 @@
 //!   is ready). Raw, NATS: durable pull consumer (explicit acks, same settings as the
 //!   transport's), pull batches of the window, up to the window of acks in flight — confirmed
 //!   ("double") acks when the transport confirms its settlements (its default), with plain acks
-//!   reported for reference. Bus: the runtime consumer (`handle_envelopes`, no-op handler,
+//!   reported for reference. Bus: the runtime consumer (`handle_shared_envelopes`, no-op handler,
 //!   concurrency = window, ack after the handler); the clock stops when its `acked` counter
 //!   reaches N.
 //! - **R5, latency.** Open loop at `--latency-share` (50 %) of the raw maximum rate (capped by
@@ -1416,7 +1416,7 @@ struct BusSide {
 }
 
 /// No-op handler.
-async fn noop(_env: Envelope, _ctx: MessageContext) -> Result<(), HandlerError> {
+async fn noop(_env: Arc<Envelope>, _ctx: MessageContext) -> Result<(), HandlerError> {
     Ok(())
 }
 
@@ -1745,7 +1745,7 @@ impl Bench {
             .subscription(SUBSCRIPTION)
             .topic(side.topic.as_str())
             .concurrency(concurrency)
-            .handle_envelopes(noop)
+            .handle_shared_envelopes(noop)
             .await?;
         let (mut last, mut progress) = (0u64, Instant::now());
         loop {
@@ -1950,7 +1950,7 @@ impl Bench {
                 .subscription(SUBSCRIPTION)
                 .topic(side.topic.as_str())
                 .concurrency(self.window())
-                .handle_envelopes(move |env: Envelope, _ctx: MessageContext| {
+                .handle_shared_envelopes(move |env: Arc<Envelope>, _ctx: MessageContext| {
                     handler_rec.record(
                         env.headers
                             .get(INTENDED_HEADER)
@@ -2412,7 +2412,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
                 w = a.window
             ),
             format!(
-                "runtime consumer (handle_envelopes: parse + validate, no-op handler, ack after \
+                "runtime consumer (handle_shared_envelopes: parse + validate, no-op handler, ack after \
                  it), concurrency {}",
                 a.window
             ),
@@ -2429,7 +2429,7 @@ pub async fn run_transport(a: &TransportArgs) -> anyhow::Result<TransportReport>
                 a.window
             ),
             format!(
-                "runtime consumer (handle_envelopes: parse + validate, no-op handler, ack after \
+                "runtime consumer (handle_shared_envelopes: parse + validate, no-op handler, ack after \
                  it), concurrency {}",
                 a.window
             ),
