@@ -203,8 +203,40 @@ fn last_words(name: &str) -> (usize, &str, &str) {
     (count, before, &name[last..])
 }
 
-/// Checks `name` under the naming rule of `kind`; the reason when it breaks it.
+/// How many names that passed [`check`] each thread remembers.
+const KNOWN_VALID: usize = 8;
+
+thread_local! {
+    /// Names that passed [`check`] on this thread, oldest first: a consumer or publisher sees
+    /// the same few types over and over, and comparing a name costs less than the rule.
+    static VALID: std::cell::RefCell<Vec<(MessageKind, Box<str>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Checks `name` under the naming rule of `kind`; the reason when it breaks it. A name that
+/// passed on this thread recently is not checked again.
 pub(crate) fn check(name: &str, kind: MessageKind) -> Result<(), String> {
+    let known = VALID.with(|v| {
+        v.borrow()
+            .iter()
+            .any(|(k, n)| *k == kind && n.as_ref() == name)
+    });
+    if known {
+        return Ok(());
+    }
+    check_rule(name, kind)?;
+    VALID.with(|v| {
+        let mut v = v.borrow_mut();
+        if v.len() == KNOWN_VALID {
+            v.remove(0);
+        }
+        v.push((kind, name.into()));
+    });
+    Ok(())
+}
+
+/// The naming rule of `kind`, applied to `name`.
+fn check_rule(name: &str, kind: MessageKind) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
@@ -272,6 +304,27 @@ impl<'de> Deserialize<'de> for EventType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name remembered as valid for one kind is still checked under the other's rule, and a
+    /// rejected name is rejected every time.
+    #[test]
+    fn remembered_names_keep_their_kind() {
+        for _ in 0..2 {
+            assert!(EventType::parse("AssignAgentTask", MessageKind::Command).is_ok());
+            assert!(EventType::parse("AssignAgentTask", MessageKind::Event).is_err());
+            assert!(EventType::parse("artifactCreated", MessageKind::Event).is_err());
+        }
+        // More names than are remembered: the oldest are checked again, with the same verdict.
+        for i in 2..(KNOWN_VALID + 4) {
+            let name = format!("ArtifactCreatedV{i}");
+            assert!(
+                EventType::parse(name.as_str(), MessageKind::Event).is_ok(),
+                "{name}"
+            );
+        }
+        assert!(EventType::parse("AssignAgentTask", MessageKind::Command).is_ok());
+        assert!(EventType::parse("AssignAgentTask", MessageKind::Event).is_err());
+    }
 
     #[test]
     fn seed_catalog_names_are_valid_events() {

@@ -17,11 +17,13 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use eventyard_core::{DeadLetterInfo, Delivery, Envelope, Receiver, Settlement, TransportError};
+use futures::future::{Fuse, FusedFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
@@ -130,7 +132,7 @@ pub(crate) struct ConsumerSpec {
 pub(crate) async fn run(
     spec: ConsumerSpec,
     mut receiver: Box<dyn Receiver>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let spec = Arc::new(spec);
     let permits = Arc::new(Semaphore::new(spec.options.concurrency.max(1)));
@@ -148,11 +150,15 @@ pub(crate) async fn run(
         .metrics()
         .num_workers()
         .max(1);
+    // Every wait below ends early on a stop: one future, registered with the signal once and
+    // polled by each wait, rather than a new registration per wait (several per message).
+    let stopped = stop_signal(stop.clone()).fuse();
+    tokio::pin!(stopped);
     'outer: while !*stop.borrow() {
         // Claim only what can start now, so no message waits locked behind a full pipeline.
         // Inline deliveries keep running meanwhile (they free slots).
         let Some(Ok(first)) =
-            alongside(permits.clone().acquire_owned(), &mut inline, &mut stop).await
+            alongside(permits.clone().acquire_owned(), &mut inline, &mut stopped).await
         else {
             break;
         };
@@ -161,7 +167,7 @@ pub(crate) async fn run(
         let permit = spec.breaker.as_ref().map_or(Permit::Flow, |b| b.permit());
         if let Permit::Wait(d) = permit {
             drop(first);
-            if alongside(tokio::time::sleep(d), &mut inline, &mut stop)
+            if alongside(tokio::time::sleep(d), &mut inline, &mut stopped)
                 .await
                 .is_none()
             {
@@ -183,7 +189,7 @@ pub(crate) async fn run(
         };
         // Not cancelled while inline deliveries progress: only a stop drops it.
         let receiving = receiver.receive(max, spec.options.receive_wait);
-        let Some(batch) = alongside(receiving, &mut inline, &mut stop).await else {
+        let Some(batch) = alongside(receiving, &mut inline, &mut stopped).await else {
             break;
         };
         if permit == Permit::Trial
@@ -202,7 +208,7 @@ pub(crate) async fn run(
                 failures = failures.saturating_add(1);
                 let backoff = Duration::from_millis(50u64 << failures.min(6));
                 tracing::warn!(subscription = %spec.subscription, error = %e, ?backoff, "receive failed; retrying");
-                if alongside(tokio::time::sleep(backoff), &mut inline, &mut stop)
+                if alongside(tokio::time::sleep(backoff), &mut inline, &mut stopped)
                     .await
                     .is_none()
                 {
@@ -297,19 +303,31 @@ pub(crate) async fn run(
 }
 
 /// Runs `fut` to its end while the inline lane's deliveries progress; `None` (and `fut`
-/// dropped) if the consumer is told to stop first.
+/// dropped) if the consumer is told to stop first (`stopped` ends).
 async fn alongside<T, F: Future<Output = ()>>(
     fut: impl Future<Output = T>,
     inline: &mut FuturesUnordered<F>,
-    stop: &mut watch::Receiver<bool>,
+    stopped: &mut Pin<&mut Fuse<impl Future<Output = ()>>>,
 ) -> Option<T> {
+    if stopped.is_terminated() {
+        return None;
+    }
     tokio::pin!(fut);
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => return None,
+            () = stopped.as_mut() => return None,
             Some(()) = inline.next(), if !inline.is_empty() => {}
             out = &mut fut => return Some(out),
+        }
+    }
+}
+
+/// Ends once `stop` is true or its sender is gone.
+async fn stop_signal(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
         }
     }
 }
