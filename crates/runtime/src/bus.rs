@@ -14,8 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::consumer::{self, ConsumerCounts, ConsumerOptions, ConsumerSpec, ConsumerStats};
-use crate::context::MessageContext;
-use crate::context::current_envelope;
+use crate::context::{MessageContext, current_envelope};
 use crate::error::BusError;
 use crate::guard::TenantScope;
 use crate::handler::{EnvelopeHandler, Handler, SharedFn, Typed};

@@ -2801,8 +2801,8 @@ pub fn table(r: &TransportReport) -> String {
         let _ = writeln!(
             o,
             "  light-load reference at {} msg/s (not part of R5): p50 raw {:.3} / bus {:.3} ms \
-             ({:+.3}), p99 raw {:.3} / bus {:.3} ms ({:.2}x), machine busy {:.0} / {:.0} %; R5's \
-             raw p50 is {:.1}x this one{}",
+             ({:+.3}), p99 raw {:.3} / bus {:.3} ms ({:.2}x), client CPU raw {:.1} / bus {:.1} \
+             µs/msg; R5's raw p50 is {:.1}x this one{}",
             thousands(x.rate),
             raw.p50_ms,
             bus.p50_ms,
@@ -2810,8 +2810,8 @@ pub fn table(r: &TransportReport) -> String {
             raw.p99_ms,
             bus.p99_ms,
             x.pair.p99_ratio,
-            x.pair.raw_costs.machine_busy_pct,
-            x.pair.bus_costs.machine_busy_pct,
+            x.pair.raw_costs.client_cpu_us_per_msg,
+            x.pair.bus_costs.client_cpu_us_per_msg,
             x.raw_queueing_factor,
             if x.raw_queueing_factor > QUEUEING_FACTOR {
                 " (the raw side queues at R5's rate)"
