@@ -14,21 +14,16 @@
 //! - `raw`: `basic.consume` with prefetch 256 and `basic.ack(multiple)` every 64 deliveries and
 //!   whenever none is ready (the bench's raw R2 consumer).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use eventyard::{Bus, Envelope, HandlerError, MessageContext};
-use eventyard_cli::bench::transport::{consume_acking, set_query};
+use eventyard::{Bus, Envelope};
+use eventyard_cli::bench::transport::{consume_acking, noop, set_query};
 use eventyard_cli::bench::workload::{self, SUBSCRIPTION};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 /// In flight: the bench's default `--window`.
 const WINDOW: u16 = 256;
-
-async fn noop(_env: Arc<Envelope>, _ctx: MessageContext) -> Result<(), HandlerError> {
-    Ok(())
-}
 
 /// Consumes `n` messages with the bus consumer.
 async fn bus_side(bus: &Bus, topic: &str, n: u64) {

@@ -1318,7 +1318,7 @@ async fn amqp_consume(
             FieldTable::default(),
         )
         .await?;
-    consume_acking(&ch, &mut consumer, n, |body| on_body(body)).await?;
+    consume_acking(&ch, &mut consumer, n, &*on_body).await?;
     let phase = timer.stop(n);
     let _ = ch.close(200, "consumed".into()).await;
     Ok(phase)
@@ -1415,8 +1415,8 @@ struct BusSide {
     topic: String,
 }
 
-/// No-op handler.
-async fn noop(_env: Arc<Envelope>, _ctx: MessageContext) -> Result<(), HandlerError> {
+/// The bus side's no-op handler (R2): takes the shared envelope, does nothing.
+pub async fn noop(_env: Arc<Envelope>, _ctx: MessageContext) -> Result<(), HandlerError> {
     Ok(())
 }
 
